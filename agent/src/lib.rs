@@ -1,0 +1,8 @@
+//! The kube-fim scan engine: AIDE-compatible configuration, parallel walking and hashing, the
+//! baseline database, comparison and reports. Used by the `fim-agent` binary.
+
+pub mod attrs;
+pub mod config;
+pub mod entry;
+pub mod hash;
+pub mod rules;
