@@ -94,9 +94,8 @@ impl AttrSet {
     }
 
     /// AIDE's `X`: the extended attribute families.
-    pub const EXTENDED: AttrSet = AttrSet(
-        Self::ACL.0 | Self::SELINUX.0 | Self::XATTRS.0 | Self::E2FSATTRS.0 | Self::CAPS.0,
-    );
+    pub const EXTENDED: AttrSet =
+        AttrSet(Self::ACL.0 | Self::SELINUX.0 | Self::XATTRS.0 | Self::E2FSATTRS.0 | Self::CAPS.0);
 
     /// Looks up a single attribute or predefined group name (`p`, `sha256`, `R`, `H`, ...).
     pub fn builtin(name: &str) -> Option<AttrSet> {
@@ -140,28 +139,94 @@ fn parse_builtin_expr(expr: &str) -> AttrSet {
 }
 
 const NAMES: &[AttrName] = &[
-    AttrName { name: "p", bits: AttrSet::PERM.0 },
-    AttrName { name: "ftype", bits: AttrSet::FTYPE.0 },
-    AttrName { name: "i", bits: AttrSet::INODE.0 },
-    AttrName { name: "l", bits: AttrSet::LINKNAME.0 },
-    AttrName { name: "n", bits: AttrSet::NLINK.0 },
-    AttrName { name: "u", bits: AttrSet::UID.0 },
-    AttrName { name: "g", bits: AttrSet::GID.0 },
-    AttrName { name: "s", bits: AttrSet::SIZE.0 },
-    AttrName { name: "b", bits: AttrSet::BLOCKS.0 },
-    AttrName { name: "m", bits: AttrSet::MTIME.0 },
-    AttrName { name: "a", bits: AttrSet::ATIME.0 },
-    AttrName { name: "c", bits: AttrSet::CTIME.0 },
-    AttrName { name: "acl", bits: AttrSet::ACL.0 },
-    AttrName { name: "selinux", bits: AttrSet::SELINUX.0 },
-    AttrName { name: "xattrs", bits: AttrSet::XATTRS.0 },
-    AttrName { name: "e2fsattrs", bits: AttrSet::E2FSATTRS.0 },
-    AttrName { name: "caps", bits: AttrSet::CAPS.0 },
-    AttrName { name: "growing", bits: AttrSet::GROWING.0 },
-    AttrName { name: "ANF", bits: AttrSet::ALLOW_NEW.0 },
-    AttrName { name: "ARF", bits: AttrSet::ALLOW_REMOVED.0 },
-    AttrName { name: "I", bits: AttrSet::IGNORE_RENAME.0 },
-    AttrName { name: "compressed", bits: AttrSet::COMPRESSED.0 },
+    AttrName {
+        name: "p",
+        bits: AttrSet::PERM.0,
+    },
+    AttrName {
+        name: "ftype",
+        bits: AttrSet::FTYPE.0,
+    },
+    AttrName {
+        name: "i",
+        bits: AttrSet::INODE.0,
+    },
+    AttrName {
+        name: "l",
+        bits: AttrSet::LINKNAME.0,
+    },
+    AttrName {
+        name: "n",
+        bits: AttrSet::NLINK.0,
+    },
+    AttrName {
+        name: "u",
+        bits: AttrSet::UID.0,
+    },
+    AttrName {
+        name: "g",
+        bits: AttrSet::GID.0,
+    },
+    AttrName {
+        name: "s",
+        bits: AttrSet::SIZE.0,
+    },
+    AttrName {
+        name: "b",
+        bits: AttrSet::BLOCKS.0,
+    },
+    AttrName {
+        name: "m",
+        bits: AttrSet::MTIME.0,
+    },
+    AttrName {
+        name: "a",
+        bits: AttrSet::ATIME.0,
+    },
+    AttrName {
+        name: "c",
+        bits: AttrSet::CTIME.0,
+    },
+    AttrName {
+        name: "acl",
+        bits: AttrSet::ACL.0,
+    },
+    AttrName {
+        name: "selinux",
+        bits: AttrSet::SELINUX.0,
+    },
+    AttrName {
+        name: "xattrs",
+        bits: AttrSet::XATTRS.0,
+    },
+    AttrName {
+        name: "e2fsattrs",
+        bits: AttrSet::E2FSATTRS.0,
+    },
+    AttrName {
+        name: "caps",
+        bits: AttrSet::CAPS.0,
+    },
+    AttrName {
+        name: "growing",
+        bits: AttrSet::GROWING.0,
+    },
+    AttrName {
+        name: "ANF",
+        bits: AttrSet::ALLOW_NEW.0,
+    },
+    AttrName {
+        name: "ARF",
+        bits: AttrSet::ALLOW_REMOVED.0,
+    },
+    AttrName {
+        name: "I",
+        bits: AttrSet::IGNORE_RENAME.0,
+    },
+    AttrName {
+        name: "compressed",
+        bits: AttrSet::COMPRESSED.0,
+    },
 ];
 
 /// Hashes AIDE knows that kube-fim deliberately does not compute: named so the error can say so.
@@ -196,7 +261,9 @@ mod tests {
     #[test]
     fn predefined_groups_expand_like_aide_0_18() {
         let r = AttrSet::builtin("R").unwrap();
-        for n in ["p", "ftype", "i", "l", "n", "u", "g", "s", "m", "c", "md5", "xattrs", "acl"] {
+        for n in [
+            "p", "ftype", "i", "l", "n", "u", "g", "s", "m", "c", "md5", "xattrs", "acl",
+        ] {
             assert!(r.contains(AttrSet::builtin(n).unwrap()), "R lacks {n}");
         }
         assert!(!r.contains(AttrSet::ATIME));

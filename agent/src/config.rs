@@ -57,10 +57,15 @@ pub enum ConfigError {
     #[error("{origin}: {message}")]
     Line { origin: String, message: String },
     #[error("cannot read config file {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{origin}: @@if without @@endif")]
     UnclosedIf { origin: String },
-    #[error("the config selects no files: it has no selection rule (a line like `/etc p+u+g+sha512`)")]
+    #[error(
+        "the config selects no files: it has no selection rule (a line like `/etc p+u+g+sha512`)"
+    )]
     NoRules,
 }
 
@@ -85,11 +90,20 @@ pub struct ParseContext {
 
 impl ParseContext {
     pub fn from_environment(root: Option<PathBuf>) -> ParseContext {
-        let hostname = std::env::var("NODE_NAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| {
-            rustix::system::uname().nodename().to_string_lossy().into_owned()
-        });
+        let hostname = std::env::var("NODE_NAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| {
+                rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned()
+            });
         let short = hostname.split('.').next().unwrap_or_default().to_string();
-        ParseContext { root, hostname: short }
+        ParseContext {
+            root,
+            hostname: short,
+        }
     }
 }
 
@@ -108,17 +122,24 @@ impl Config {
     }
 
     pub fn default_rules(ctx: &ParseContext) -> Config {
-        Config::parse(DEFAULT_CONFIG, "default-aide.conf", ctx).expect("the shipped default config parses")
+        Config::parse(DEFAULT_CONFIG, "default-aide.conf", ctx)
+            .expect("the shipped default config parses")
     }
 
     /// Hex SHA-256 of the config text, recorded in the database so a config change is visible.
     pub fn digest(&self) -> String {
-        hex::encode(crate::hash::digest_bytes(crate::hash::Algorithm::Sha256, self.source.as_bytes()))
+        hex::encode(crate::hash::digest_bytes(
+            crate::hash::Algorithm::Sha256,
+            self.source.as_bytes(),
+        ))
     }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
+    fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 struct Frame {
@@ -142,7 +163,13 @@ impl<'a> Parser<'a> {
     fn new(ctx: &'a ParseContext) -> Self {
         let mut vars = HashMap::new();
         vars.insert("HOSTNAME".to_string(), ctx.hostname.clone());
-        Parser { ctx, vars, groups: HashMap::new(), options: BTreeMap::new(), rules: Vec::new() }
+        Parser {
+            ctx,
+            vars,
+            groups: HashMap::new(),
+            options: BTreeMap::new(),
+            rules: Vec::new(),
+        }
     }
 
     fn finish(self, source: &str) -> Result<Config, ConfigError> {
@@ -172,7 +199,10 @@ impl<'a> Parser<'a> {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let err = |message: String| ConfigError::Line { origin: origin.clone(), message };
+            let err = |message: String| ConfigError::Line {
+                origin: origin.clone(),
+                message,
+            };
             let active = frames.last().is_none_or(|f| f.active);
             if let Some(macro_line) = line.strip_prefix("@@") {
                 if !macro_line.starts_with('{') {
@@ -191,10 +221,17 @@ impl<'a> Parser<'a> {
                             } else {
                                 false
                             };
-                            frames.push(Frame { active: active && cond, parent_active: active, seen_else: false, origin });
+                            frames.push(Frame {
+                                active: active && cond,
+                                parent_active: active,
+                                seen_else: false,
+                                origin,
+                            });
                         }
                         "else" => {
-                            let f = frames.last_mut().ok_or_else(|| err("@@else without @@if".into()))?;
+                            let f = frames
+                                .last_mut()
+                                .ok_or_else(|| err("@@else without @@if".into()))?;
                             if f.seen_else {
                                 return Err(err("second @@else for the same @@if".into()));
                             }
@@ -202,7 +239,9 @@ impl<'a> Parser<'a> {
                             f.active = f.parent_active && !f.active;
                         }
                         "endif" => {
-                            frames.pop().ok_or_else(|| err("@@endif without @@if".into()))?;
+                            frames
+                                .pop()
+                                .ok_or_else(|| err("@@endif without @@if".into()))?;
                         }
                         _ if !active => {}
                         "define" => {
@@ -218,13 +257,16 @@ impl<'a> Parser<'a> {
                         }
                         "include" | "x_include" => {
                             if depth + 1 > MAX_INCLUDE_DEPTH {
-                                return Err(err(format!("includes nested deeper than {MAX_INCLUDE_DEPTH}")));
+                                return Err(err(format!(
+                                    "includes nested deeper than {MAX_INCLUDE_DEPTH}"
+                                )));
                             }
                             let args = self.substitute(rest);
-                            self.include(&args, word == "x_include", base_dir, rule_prefix, depth).map_err(|e| match e {
-                                IncludeError::Here(m) => err(m),
-                                IncludeError::Inner(e) => e,
-                            })?;
+                            self.include(&args, word == "x_include", base_dir, rule_prefix, depth)
+                                .map_err(|e| match e {
+                                    IncludeError::Here(m) => err(m),
+                                    IncludeError::Inner(e) => e,
+                                })?;
                         }
                         "x_include_setenv" => {}
                         other => return Err(err(format!("unknown macro @@{other}"))),
@@ -236,7 +278,8 @@ impl<'a> Parser<'a> {
                 continue;
             }
             let line = self.substitute(line);
-            self.parse_statement(&line, &origin, rule_prefix).map_err(err)?;
+            self.parse_statement(&line, &origin, rule_prefix)
+                .map_err(err)?;
         }
         if let Some(f) = frames.pop() {
             return Err(ConfigError::UnclosedIf { origin: f.origin });
@@ -296,17 +339,27 @@ impl<'a> Parser<'a> {
         depth: usize,
     ) -> Result<(), IncludeError> {
         let parts = split_unescaped(args);
-        let target = parts.first().ok_or_else(|| IncludeError::Here("@@include needs a file or directory".into()))?;
+        let target = parts
+            .first()
+            .ok_or_else(|| IncludeError::Here("@@include needs a file or directory".into()))?;
         let path = match base_dir {
             Some(dir) if !Path::new(target).is_absolute() => dir.join(target),
             _ => PathBuf::from(target),
         };
         let files = if parts.len() >= 2 {
             let filter = regex::Regex::new(&parts[1]).map_err(|e| {
-                IncludeError::Here(format!("invalid file-name regex '{}' in @@include: {e}", parts[1]))
+                IncludeError::Here(format!(
+                    "invalid file-name regex '{}' in @@include: {e}",
+                    parts[1]
+                ))
             })?;
             let mut names: Vec<PathBuf> = fs::read_dir(&path)
-                .map_err(|e| IncludeError::Here(format!("cannot read include directory {}: {e}", path.display())))?
+                .map_err(|e| {
+                    IncludeError::Here(format!(
+                        "cannot read include directory {}: {e}",
+                        path.display()
+                    ))
+                })?
                 .filter_map(|d| d.ok())
                 .filter(|d| d.file_type().is_ok_and(|t| t.is_file()))
                 .filter(|d| filter.is_match(&d.file_name().to_string_lossy()))
@@ -317,10 +370,14 @@ impl<'a> Parser<'a> {
         } else {
             vec![path.clone()]
         };
-        let prefix = format!("{rule_prefix}{}", parts.get(2).map(String::as_str).unwrap_or(""));
+        let prefix = format!(
+            "{rule_prefix}{}",
+            parts.get(2).map(String::as_str).unwrap_or("")
+        );
         for file in files {
-            let meta = fs::metadata(&file)
-                .map_err(|e| IncludeError::Here(format!("cannot read included file {}: {e}", file.display())))?;
+            let meta = fs::metadata(&file).map_err(|e| {
+                IncludeError::Here(format!("cannot read included file {}: {e}", file.display()))
+            })?;
             if allow_exec && meta.permissions().mode() & 0o111 != 0 {
                 return Err(IncludeError::Here(format!(
                     "@@x_include of executable {}: kube-fim never runs configuration scripts; \
@@ -329,19 +386,32 @@ impl<'a> Parser<'a> {
                 )));
             }
             let text = read(&file).map_err(IncludeError::Inner)?;
-            self.parse_text(&text, &file.display().to_string(), file.parent(), &prefix, depth + 1)
-                .map_err(IncludeError::Inner)?;
+            self.parse_text(
+                &text,
+                &file.display().to_string(),
+                file.parent(),
+                &prefix,
+                depth + 1,
+            )
+            .map_err(IncludeError::Inner)?;
         }
         Ok(())
     }
 
-    fn parse_statement(&mut self, line: &str, origin: &str, rule_prefix: &str) -> Result<(), String> {
+    fn parse_statement(
+        &mut self,
+        line: &str,
+        origin: &str,
+        rule_prefix: &str,
+    ) -> Result<(), String> {
         let first = line.chars().next().unwrap_or(' ');
         if matches!(first, '/' | '!' | '=') {
             return self.parse_rule(line, origin, rule_prefix);
         }
         let Some((name, value)) = line.split_once('=') else {
-            return Err(format!("cannot parse '{line}': expected a rule (/path ATTRS), an option (name=value) or a group (NAME = ATTRS)"));
+            return Err(format!(
+                "cannot parse '{line}': expected a rule (/path ATTRS), an option (name=value) or a group (NAME = ATTRS)"
+            ));
         };
         let (name, value) = (name.trim(), value.trim());
         if KNOWN_OPTIONS.contains(&name) {
@@ -351,10 +421,14 @@ impl<'a> Parser<'a> {
         // The manual says A-Za-z0-9, but AIDE's lexer (and file-integrity-operator's CONTENT_EX)
         // also take '_'.
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("unknown option '{name}' (group names are limited to A-Za-z0-9_)"));
+            return Err(format!(
+                "unknown option '{name}' (group names are limited to A-Za-z0-9_)"
+            ));
         }
         if AttrSet::builtin(name).is_some() {
-            return Err(format!("'{name}' is a built-in attribute or group and cannot be redefined"));
+            return Err(format!(
+                "'{name}' is a built-in attribute or group and cannot be redefined"
+            ));
         }
         let attrs = self.parse_attr_expr(value)?;
         self.groups.insert(name.to_string(), attrs);
@@ -376,14 +450,28 @@ impl<'a> Parser<'a> {
         let (types, attrs) = match (kind, rest.len()) {
             (RuleKind::Negative, 0) => (None, AttrSet::EMPTY),
             (RuleKind::Negative, 1) => (parse_types(&rest[0])?, AttrSet::EMPTY),
-            (RuleKind::Negative, _) => return Err(format!("negative rule '!{regex}' takes no attributes, found '{}'", rest.join(" "))),
-            (_, 0) => return Err(format!("rule '{regex}' has no attributes (e.g. '{regex} p+u+g+sha512')")),
+            (RuleKind::Negative, _) => {
+                return Err(format!(
+                    "negative rule '!{regex}' takes no attributes, found '{}'",
+                    rest.join(" ")
+                ));
+            }
+            (_, 0) => {
+                return Err(format!(
+                    "rule '{regex}' has no attributes (e.g. '{regex} p+u+g+sha512')"
+                ));
+            }
             (_, 1) => (None, self.parse_attr_expr(&rest[0])?),
             (_, 2) => (parse_types(&rest[0])?, self.parse_attr_expr(&rest[1])?),
-            _ => return Err(format!("too many fields in rule '{line}' (spaces in a path are written '\\ ' or '%20')")),
+            _ => {
+                return Err(format!(
+                    "too many fields in rule '{line}' (spaces in a path are written '\\ ' or '%20')"
+                ));
+            }
         };
         let pattern = decode_percent(&regex);
-        let rule = Rule::new(kind, &pattern, attrs, types, origin.to_string()).map_err(|e| e.to_string())?;
+        let rule = Rule::new(kind, &pattern, attrs, types, origin.to_string())
+            .map_err(|e| e.to_string())?;
         self.rules.push(rule);
         Ok(())
     }
@@ -393,14 +481,20 @@ impl<'a> Parser<'a> {
         let mut set = AttrSet::EMPTY;
         let mut op = '+';
         let mut start = 0;
-        let ends = expr.char_indices().chain(std::iter::once((expr.len(), '+')));
+        let ends = expr
+            .char_indices()
+            .chain(std::iter::once((expr.len(), '+')));
         for (i, c) in ends.filter(|(_, c)| *c == '+' || *c == '-') {
             let term = &expr[start..i];
             if term.is_empty() {
                 return Err(format!("empty term in attribute expression '{expr}'"));
             }
             let value = self.lookup_attr(term)?;
-            set = if op == '+' { set.union(value) } else { set.minus(value) };
+            set = if op == '+' {
+                set.union(value)
+            } else {
+                set.minus(value)
+            };
             op = c;
             start = i + 1;
         }

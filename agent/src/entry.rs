@@ -118,9 +118,18 @@ impl Stat {
             gid: m.gid(),
             size: m.size(),
             blocks: m.blocks(),
-            mtime: Timestamp { sec: m.mtime(), nsec: m.mtime_nsec() as u32 },
-            ctime: Timestamp { sec: m.ctime(), nsec: m.ctime_nsec() as u32 },
-            atime: Timestamp { sec: m.atime(), nsec: m.atime_nsec() as u32 },
+            mtime: Timestamp {
+                sec: m.mtime(),
+                nsec: m.mtime_nsec() as u32,
+            },
+            ctime: Timestamp {
+                sec: m.ctime(),
+                nsec: m.ctime_nsec() as u32,
+            },
+            atime: Timestamp {
+                sec: m.atime(),
+                nsec: m.atime_nsec() as u32,
+            },
         }
     }
 
@@ -157,8 +166,17 @@ pub struct Entry {
 
 impl Entry {
     pub fn hash(&self, a: Algorithm) -> Option<&[u8]> {
-        self.hashes.iter().find(|(x, _)| *x == a).map(|(_, h)| &h[..])
+        self.hashes
+            .iter()
+            .find(|(x, _)| *x == a)
+            .map(|(_, h)| &h[..])
     }
+}
+
+/// A collected entry and how many bytes were read to hash it (`None`: nothing was hashed).
+pub struct Collected {
+    pub entry: Entry,
+    pub bytes_hashed: Option<u64>,
 }
 
 /// Reads what `attrs` asks for about the file at `fs_path`. `Ok(None)` means it vanished before it
@@ -169,7 +187,7 @@ pub fn collect(
     attrs: AttrSet,
     reuse: Option<&Entry>,
     buf: &mut Vec<u8>,
-) -> io::Result<Option<Entry>> {
+) -> io::Result<Option<Collected>> {
     let meta = match fs::symlink_metadata(fs_path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -177,6 +195,7 @@ pub fn collect(
     };
     let ftype = FileType::from_std(meta.file_type());
     let stat = Stat::from_metadata(&meta);
+    let mut bytes_hashed = None;
     let mut entry = Entry {
         path: node_path.into(),
         ftype,
@@ -196,7 +215,12 @@ pub fn collect(
         }
     }
     let wants_xattrs = !attrs
-        .intersect(AttrSet::ACL.union(AttrSet::SELINUX).union(AttrSet::XATTRS).union(AttrSet::CAPS))
+        .intersect(
+            AttrSet::ACL
+                .union(AttrSet::SELINUX)
+                .union(AttrSet::XATTRS)
+                .union(AttrSet::CAPS),
+        )
         .is_empty();
     if wants_xattrs {
         entry.xattrs = Some(read_xattrs(fs_path).unwrap_or_default());
@@ -221,13 +245,19 @@ pub fn collect(
                     .collect();
             }
             None => match hash_file(fs_path, &stat, attrs, buf) {
-                Ok(h) => entry.hashes = h,
+                Ok((h, n)) => {
+                    entry.hashes = h;
+                    bytes_hashed = Some(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => entry.error = Some(e.to_string()),
             },
         }
     }
-    Ok(Some(entry))
+    Ok(Some(Collected {
+        entry,
+        bytes_hashed,
+    }))
 }
 
 /// Opens without following symlinks and without blocking (a file swapped for a FIFO cannot hang
@@ -237,23 +267,26 @@ fn hash_file(
     stat: &Stat,
     attrs: AttrSet,
     buf: &mut Vec<u8>,
-) -> io::Result<Vec<(Algorithm, Box<[u8]>)>> {
+) -> io::Result<(Vec<(Algorithm, Box<[u8]>)>, u64)> {
     let mut file = open_for_read(fs_path)?;
     let meta = file.metadata()?;
     if !meta.file_type().is_file() || meta.ino() != stat.ino {
-        return Err(io::Error::other("file was replaced while it was being scanned"));
+        return Err(io::Error::other(
+            "file was replaced while it was being scanned",
+        ));
     }
     advise_sequential(&file);
     if buf.len() < crate::hash::READ_BUFFER {
         buf.resize(crate::hash::READ_BUFFER, 0);
     }
     let mut hasher = MultiHasher::new(attrs.algorithms());
-    hasher.consume(&mut file, buf)?;
-    Ok(hasher
+    let bytes = hasher.consume(&mut file, buf)?;
+    let hashes = hasher
         .finalize()
         .into_iter()
         .map(|(a, h)| (a, h.into_boxed_slice()))
-        .collect())
+        .collect();
+    Ok((hashes, bytes))
 }
 
 fn open_for_read(fs_path: &Path) -> io::Result<File> {

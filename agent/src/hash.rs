@@ -62,10 +62,6 @@ impl Algorithm {
             Algorithm::Sha512 => 64,
         }
     }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
 }
 
 impl fmt::Display for Algorithm {
@@ -75,7 +71,9 @@ impl fmt::Display for Algorithm {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown hash algorithm '{0}' (supported: md5, sha1, sha224, sha256, sha384, sha512, blake3, bee2)")]
+#[error(
+    "unknown hash algorithm '{0}' (supported: md5, sha1, sha224, sha256, sha384, sha512, blake3, bee2)"
+)]
 pub struct UnknownAlgorithm(pub String);
 
 impl FromStr for Algorithm {
@@ -211,8 +209,14 @@ mod tests {
     // reference test vectors, and STB 34.101.31-2011 Table A.23 (belt-hash).
     #[test]
     fn published_vectors_for_abc() {
-        assert_eq!(hex_of(Algorithm::Md5, b"abc"), "900150983cd24fb0d6963f7d28e17f72");
-        assert_eq!(hex_of(Algorithm::Sha1, b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            hex_of(Algorithm::Md5, b"abc"),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(
+            hex_of(Algorithm::Sha1, b"abc"),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
         assert_eq!(
             hex_of(Algorithm::Sha224, b"abc"),
             "23097d223405d8228642a477bda255b32aadbce4bda0b3f7e36c9da7"
@@ -233,7 +237,10 @@ mod tests {
 
     #[test]
     fn published_vectors_for_empty_input() {
-        assert_eq!(hex_of(Algorithm::Md5, b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            hex_of(Algorithm::Md5, b""),
+            "d41d8cd98f00b204e9800998ecf8427e"
+        );
         assert_eq!(
             hex_of(Algorithm::Sha256, b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -3,6 +3,12 @@
 
 pub mod attrs;
 pub mod config;
+pub mod db;
+pub mod diff;
 pub mod entry;
 pub mod hash;
+pub mod report;
 pub mod rules;
+pub mod scan;
+pub mod snapshot;
+pub mod walk;

@@ -1,1 +1,291 @@
-fn main() {}
+//! fim-agent: the kube-fim scan engine as a command line tool (AIDE-compatible exit codes).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use fim_agent::config::{Config, ConfigError, ParseContext};
+use fim_agent::db::{DbError, DbReader, DbWriter, FORMAT_VERSION, Header};
+use fim_agent::hash::Algorithm;
+use fim_agent::report::{self, ReportContext};
+use fim_agent::scan::{Outcome, ScanError, ScanOptions, scan};
+
+/// AIDE's exit codes for errors (aide(1), EXIT STATUS).
+mod exit {
+    pub const WRITE_ERROR: u8 = 14;
+    pub const INVALID_ARGUMENT: u8 = 15;
+    pub const CONFIG_ERROR: u8 = 17;
+    pub const IO_ERROR: u8 = 18;
+    pub const VERSION_MISMATCH: u8 = 19;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "fim-agent",
+    version,
+    about = "kube-fim file integrity scanner (AIDE-compatible)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scan the tree and write a new baseline database.
+    Init(Common),
+    /// Compare the tree with the baseline. Exit status: 1 added + 2 removed + 4 changed.
+    Check(CheckArgs),
+    /// Compare like check, then replace the baseline with the current state.
+    Update(CheckArgs),
+    /// Write an integrity-sum image snapshot: `<hex>  <path>` for every file under the given dirs.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Host root that the config's node paths live under.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// AIDE-syntax config; the built-in default rules when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Baseline database file.
+    #[arg(long)]
+    db: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Hashing threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// init only: replace an existing database.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Rehash only files whose size, mtime, ctime or inode changed.
+    #[arg(long)]
+    incremental: bool,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    #[arg(long)]
+    root: PathBuf,
+    /// Comma-separated directories relative to the root (`app,bin`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    dir: Vec<String>,
+    #[arg(long, default_value = "sha256")]
+    algorithm: String,
+    /// Output file (default `snapshot.<ALGORITHM>`); `-` for standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// A failure with the exit code AIDE would use for it.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure {
+            code: exit::CONFIG_ERROR,
+            message: format!("config error: {e}"),
+        }
+    }
+}
+
+impl From<DbError> for Failure {
+    fn from(e: DbError) -> Self {
+        let code = match e {
+            DbError::Version { .. } => exit::VERSION_MISMATCH,
+            DbError::Write { .. } => exit::WRITE_ERROR,
+            DbError::Open { .. } | DbError::Corrupt { .. } => exit::IO_ERROR,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<ScanError> for Failure {
+    fn from(e: ScanError) -> Self {
+        match e {
+            ScanError::Db(e) => e.into(),
+            ScanError::Root { .. } => Failure {
+                code: exit::INVALID_ARGUMENT,
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit::INVALID_ARGUMENT);
+        }
+    };
+    match run(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("fim-agent: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<u8, Failure> {
+    match command {
+        Command::Init(c) => run_scan("init", &c, false),
+        Command::Check(c) => run_scan("check", &c.common, c.incremental),
+        Command::Update(c) => run_scan("update", &c.common, c.incremental),
+        Command::Snapshot(s) => run_snapshot(&s),
+    }
+}
+
+fn load_config(c: &Common) -> Result<Config, Failure> {
+    let ctx = ParseContext::from_environment(Some(c.root.clone()));
+    Ok(match &c.config {
+        Some(path) => Config::from_file(path, &ctx)?,
+        None => Config::default_rules(&ctx),
+    })
+}
+
+fn run_scan(command: &str, c: &Common, incremental: bool) -> Result<u8, Failure> {
+    let started = SystemTime::now();
+    let config = load_config(c)?;
+    let mut opts = ScanOptions::new(&c.root);
+    opts.incremental = incremental;
+    opts.progress = std::io::stderr().is_terminal();
+    if let Some(t) = c.threads {
+        opts.threads = t.max(1);
+    }
+    let baseline = match command {
+        "init" => {
+            if c.db.exists() && !c.force {
+                return Err(Failure {
+                    code: exit::INVALID_ARGUMENT,
+                    message: format!(
+                        "database {} already exists; use `update`, or `init --force` to replace it",
+                        c.db.display()
+                    ),
+                });
+            }
+            None
+        }
+        _ => Some(DbReader::open(&c.db)?),
+    };
+    if let Some(b) = &baseline {
+        if b.header.config_digest != config.digest() {
+            eprintln!(
+                "fim-agent: note: the config changed since the baseline was written; entries the new rules no longer select are ignored"
+            );
+        }
+    }
+    let output = match command {
+        "check" => None,
+        _ => Some(DbWriter::create(&c.db, &header(&config, &c.root))?),
+    };
+    let outcome = scan(&config, &opts, baseline, output)?;
+    print_report(command, c, &outcome, started)?;
+    Ok(if command == "init" {
+        0
+    } else {
+        outcome.exit_bits() as u8
+    })
+}
+
+fn header(config: &Config, root: &Path) -> Header {
+    Header {
+        format_version: FORMAT_VERSION,
+        created: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        config_digest: config.digest(),
+        root: root.display().to_string(),
+    }
+}
+
+fn print_report(
+    command: &str,
+    c: &Common,
+    outcome: &Outcome,
+    started: SystemTime,
+) -> Result<(), Failure> {
+    let ctx = ReportContext {
+        command,
+        root: &c.root.display().to_string(),
+        database: &c.db.display().to_string(),
+        started,
+    };
+    let text = match c.format {
+        Format::Text => report::text(outcome, &ctx),
+        Format::Json => format!("{:#}\n", report::json(outcome, &ctx)),
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+        .map_err(|e| Failure {
+            code: exit::WRITE_ERROR,
+            message: format!("cannot write the report: {e}"),
+        })
+}
+
+fn run_snapshot(s: &SnapshotArgs) -> Result<u8, Failure> {
+    let invalid = |message: String| Failure {
+        code: exit::INVALID_ARGUMENT,
+        message,
+    };
+    let algorithm: Algorithm = s
+        .algorithm
+        .parse()
+        .map_err(|e: fim_agent::hash::UnknownAlgorithm| invalid(e.to_string()))?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let data = fim_agent::snapshot::snapshot(&s.root, &s.dir, algorithm, threads)
+        .map_err(|e| invalid(e.to_string()))?;
+    let out = s
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("snapshot.{}", algorithm.upper_name())));
+    let write_err = |e: std::io::Error| Failure {
+        code: exit::WRITE_ERROR,
+        message: format!("cannot write {}: {e}", out.display()),
+    };
+    if out.as_os_str() == "-" {
+        std::io::stdout()
+            .write_all(data.as_bytes())
+            .map_err(write_err)?;
+    } else {
+        std::fs::write(&out, data).map_err(write_err)?;
+        eprintln!("created {}", out.display());
+    }
+    Ok(0)
+}

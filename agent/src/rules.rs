@@ -62,14 +62,29 @@ impl Rule {
             .build()
             .map_err(|e| RuleError {
                 regex: pattern.to_string(),
-                reason: e.to_string().lines().last().unwrap_or_default().trim().to_string(),
+                reason: e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
             })?;
         let literal = literal_prefix(pattern);
         let node = match literal.iter().rposition(|b| *b == b'/') {
             Some(i) => literal[..i].to_vec(),
             None => Vec::new(),
         };
-        Ok(Rule { kind, source: pattern.to_string(), origin, attrs, types, matcher, literal, node })
+        Ok(Rule {
+            kind,
+            source: pattern.to_string(),
+            origin,
+            attrs,
+            types,
+            matcher,
+            literal,
+            node,
+        })
     }
 
     pub fn matches(&self, path: &[u8], ftype: FileType) -> bool {
@@ -111,10 +126,18 @@ impl Rules {
         let mut selecting: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
         let mut negative: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
         for (i, r) in rules.iter().enumerate() {
-            let index = if r.kind == RuleKind::Negative { &mut negative } else { &mut selecting };
+            let index = if r.kind == RuleKind::Negative {
+                &mut negative
+            } else {
+                &mut selecting
+            };
             index.entry(r.node.clone()).or_default().push(i);
         }
-        Rules { rules, selecting, negative }
+        Rules {
+            rules,
+            selecting,
+            negative,
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Rule> {
@@ -192,9 +215,10 @@ impl Rules {
         if with_slash.last() != Some(&b'/') {
             with_slash.push(b'/');
         }
-        self.rules.iter().filter(|r| r.kind != RuleKind::Negative).any(|r| {
-            with_slash.starts_with(&r.literal) || r.literal.starts_with(&with_slash)
-        })
+        self.rules
+            .iter()
+            .filter(|r| r.kind != RuleKind::Negative)
+            .any(|r| with_slash.starts_with(&r.literal) || r.literal.starts_with(&with_slash))
     }
 }
 
@@ -232,7 +256,10 @@ mod tests {
             rule(RuleKind::Negative, "/var/log/.*\\.log$", AttrSet::EMPTY),
         ]);
         assert!(r.select(b"/proc", D).is_none());
-        assert!(r.select(b"/proc/1/status", F).is_some(), "walker never gets here");
+        assert!(
+            r.select(b"/proc/1/status", F).is_some(),
+            "walker never gets here"
+        );
         assert!(r.select_with_parents(b"/proc/1/status", F).is_none());
         assert!(r.select(b"/var/log/syslog", F).is_some());
         assert!(r.select(b"/var/log/kern.log", F).is_none());
@@ -267,7 +294,14 @@ mod tests {
     #[test]
     fn restricted_rules_only_match_their_types() {
         let r = rules(vec![
-            Rule::new(RuleKind::Negative, "/run", AttrSet::EMPTY, Some(vec![D]), "t".into()).unwrap(),
+            Rule::new(
+                RuleKind::Negative,
+                "/run",
+                AttrSet::EMPTY,
+                Some(vec![D]),
+                "t".into(),
+            )
+            .unwrap(),
             rule(RuleKind::Regular, "/run", AttrSet::PERM),
         ]);
         assert!(r.select(b"/run/x", D).is_none());
@@ -286,7 +320,8 @@ mod tests {
 
     #[test]
     fn bad_regex_names_the_regex() {
-        let e = Rule::new(RuleKind::Regular, "/etc/(", AttrSet::PERM, None, "t".into()).unwrap_err();
+        let e =
+            Rule::new(RuleKind::Regular, "/etc/(", AttrSet::PERM, None, "t".into()).unwrap_err();
         assert!(e.to_string().contains("/etc/("), "{e}");
     }
 }

@@ -2,7 +2,10 @@ use super::*;
 use crate::hash::Algorithm;
 
 fn ctx() -> ParseContext {
-    ParseContext { root: None, hostname: "node-a".into() }
+    ParseContext {
+        root: None,
+        hostname: "node-a".into(),
+    }
 }
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -10,7 +13,9 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn attrs_for(cfg: &Config, path: &str, ftype: FileType) -> Option<AttrSet> {
-    cfg.rules.select(path.as_bytes(), ftype).map(|i| cfg.rules.get(i).attrs)
+    cfg.rules
+        .select(path.as_bytes(), ftype)
+        .map(|i| cfg.rules.get(i).attrs)
 }
 
 #[test]
@@ -37,17 +42,45 @@ fn groups_options_and_rules() {
 #[test]
 fn errors_name_the_file_and_line() {
     let cases = [
-        ("/etc p+u\n/usr p+nosuch\n", "test.conf:2", "unknown attribute or group 'nosuch'"),
-        ("/etc p\n\n/usr rmd160\n", "test.conf:3", "hash 'rmd160' is not supported"),
-        ("/etc/( p\n", "test.conf:1", "invalid regular expression '/etc/('"),
+        (
+            "/etc p+u\n/usr p+nosuch\n",
+            "test.conf:2",
+            "unknown attribute or group 'nosuch'",
+        ),
+        (
+            "/etc p\n\n/usr rmd160\n",
+            "test.conf:3",
+            "hash 'rmd160' is not supported",
+        ),
+        (
+            "/etc/( p\n",
+            "test.conf:1",
+            "invalid regular expression '/etc/('",
+        ),
         ("/etc\n", "test.conf:1", "has no attributes"),
         ("etc p\n", "test.conf:1", "cannot parse 'etc p'"),
         ("/etc x,y p\n", "test.conf:1", "unknown file type"),
         ("/etc p\n@@endif\n", "test.conf:2", "@@endif without @@if"),
-        ("@@frobnicate x\n/etc p\n", "test.conf:1", "unknown macro @@frobnicate"),
-        ("/etc p\n@@if nonsense X\n@@endif\n", "test.conf:2", "unknown @@if operator 'nonsense'"),
-        ("bad-option = 1\n/etc p\n", "test.conf:1", "unknown option 'bad-option'"),
-        ("/etc p\nUnknownGroup = p+nothing\n", "test.conf:2", "unknown attribute or group 'nothing'"),
+        (
+            "@@frobnicate x\n/etc p\n",
+            "test.conf:1",
+            "unknown macro @@frobnicate",
+        ),
+        (
+            "/etc p\n@@if nonsense X\n@@endif\n",
+            "test.conf:2",
+            "unknown @@if operator 'nonsense'",
+        ),
+        (
+            "bad-option = 1\n/etc p\n",
+            "test.conf:1",
+            "unknown option 'bad-option'",
+        ),
+        (
+            "/etc p\nUnknownGroup = p+nothing\n",
+            "test.conf:2",
+            "unknown attribute or group 'nothing'",
+        ),
         ("/etc p\nR = p\n", "test.conf:2", "cannot be redefined"),
         ("/etc p+\n", "test.conf:1", "empty term"),
         ("!/etc p+u\n", "test.conf:1", "unknown file type 'p+u'"),
@@ -58,7 +91,10 @@ fn errors_name_the_file_and_line() {
         assert!(err.contains(message), "{text:?}: {err}");
     }
     assert!(matches!(parse("!/proc\n"), Err(ConfigError::NoRules)));
-    assert!(matches!(parse("@@ifdef X\n/etc p\n"), Err(ConfigError::UnclosedIf { .. })));
+    assert!(matches!(
+        parse("@@ifdef X\n/etc p\n"),
+        Err(ConfigError::UnclosedIf { .. })
+    ));
 }
 
 #[test]
@@ -75,7 +111,11 @@ fn macros_and_conditionals() {
     let cfg = parse(text).unwrap();
     let sel = |p: &str| attrs_for(&cfg, p, FileType::Regular).is_some();
     assert!(sel("/srv/app/x"));
-    assert!(attrs_for(&cfg, "/srv/app/x", FileType::Regular).unwrap().contains(AttrSet::hash(Algorithm::Sha256)));
+    assert!(
+        attrs_for(&cfg, "/srv/app/x", FileType::Regular)
+            .unwrap()
+            .contains(AttrSet::hash(Algorithm::Sha256))
+    );
     assert!(sel("/always") && !sel("/never"));
     assert!(sel("/host-a") && !sel("/not-a"));
     assert!(sel("/nested") && !sel("/nobase"));
@@ -87,7 +127,10 @@ fn macros_and_conditionals() {
 fn exists_condition_looks_under_the_root() {
     let root = tempfile::tempdir().unwrap();
     fs::create_dir_all(root.path().join("etc/ssh")).unwrap();
-    let ctx = ParseContext { root: Some(root.path().into()), hostname: "n".into() };
+    let ctx = ParseContext {
+        root: Some(root.path().into()),
+        hostname: "n".into(),
+    };
     let cfg = Config::parse(
         "@@if exists /etc/ssh\n/etc/ssh p\n@@endif\n@@if exists /nope\n/nope p\n@@endif\n",
         "t",
@@ -166,11 +209,28 @@ CONTENT_EX = sha512+ftype+p+u+g+n+acl+selinux+xattrs
 #[test]
 fn file_integrity_operator_default_config_parses() {
     let cfg = parse(FIO_DEFAULT).unwrap();
-    assert_eq!(cfg.options["database"], "file:/hostroot/etc/kubernetes/aide.db.gz");
+    assert_eq!(
+        cfg.options["database"],
+        "file:/hostroot/etc/kubernetes/aide.db.gz"
+    );
     let content = attrs_for(&cfg, "/hostroot/etc/passwd", FileType::Regular).unwrap();
     assert!(content.contains(AttrSet::hash(Algorithm::Sha512)));
-    assert!(attrs_for(&cfg, "/hostroot/etc/kubernetes/aide.db.gz", FileType::Regular).is_none());
-    assert!(attrs_for(&cfg, "/hostroot/etc/kubernetes/manifests", FileType::Directory).is_none());
+    assert!(
+        attrs_for(
+            &cfg,
+            "/hostroot/etc/kubernetes/aide.db.gz",
+            FileType::Regular
+        )
+        .is_none()
+    );
+    assert!(
+        attrs_for(
+            &cfg,
+            "/hostroot/etc/kubernetes/manifests",
+            FileType::Directory
+        )
+        .is_none()
+    );
     let dot = attrs_for(&cfg, "/hostroot/root/.bashrc", FileType::Regular).unwrap();
     assert!(!dot.has_hashes(), "dot files in /root only get PERMS");
     assert!(attrs_for(&cfg, "/hostroot/var/log/x", FileType::Regular).is_none());
@@ -179,11 +239,31 @@ fn file_integrity_operator_default_config_parses() {
 #[test]
 fn shipped_default_covers_boot_etc_usr_root_but_not_runtime_paths() {
     let cfg = Config::default_rules(&ctx());
-    for p in ["/boot/vmlinuz", "/etc/passwd", "/usr/bin/ls", "/root/notes", "/etc/hosts"] {
-        assert!(attrs_for(&cfg, p, FileType::Regular).is_some(), "{p} not selected");
+    for p in [
+        "/boot/vmlinuz",
+        "/etc/passwd",
+        "/usr/bin/ls",
+        "/root/notes",
+        "/etc/hosts",
+    ] {
+        assert!(
+            attrs_for(&cfg, p, FileType::Regular).is_some(),
+            "{p} not selected"
+        );
     }
-    for p in ["/etc/kubernetes/manifests/kube-apiserver.yaml", "/etc/cni/net.d/10-flannel.conflist", "/var/lib/kubelet/x", "/etc/resolv.conf", "/proc/1/status"] {
-        assert!(cfg.rules.select_with_parents(p.as_bytes(), FileType::Regular).is_none(), "{p} selected");
+    for p in [
+        "/etc/kubernetes/manifests/kube-apiserver.yaml",
+        "/etc/cni/net.d/10-flannel.conflist",
+        "/var/lib/kubelet/x",
+        "/etc/resolv.conf",
+        "/proc/1/status",
+    ] {
+        assert!(
+            cfg.rules
+                .select_with_parents(p.as_bytes(), FileType::Regular)
+                .is_none(),
+            "{p} selected"
+        );
     }
 }
 
@@ -192,10 +272,16 @@ fn shipped_default_covers_boot_etc_usr_root_but_not_runtime_paths() {
 #[test]
 fn debian_aide_conf_parses_or_names_what_is_refused() {
     let conf = Path::new("/etc/aide/aide.conf");
-    assert!(conf.exists(), "Debian's aide-common is required for this test (make test installs it)");
+    assert!(
+        conf.exists(),
+        "Debian's aide-common is required for this test (make test installs it)"
+    );
     let err = Config::from_file(conf, &ctx()).unwrap_err().to_string();
     assert!(err.starts_with("/etc/aide/aide.conf:"), "{err}");
-    assert!(err.contains("@@x_include of executable /etc/aide/aide.conf.d/"), "{err}");
+    assert!(
+        err.contains("@@x_include of executable /etc/aide/aide.conf.d/"),
+        "{err}"
+    );
     assert!(err.contains("never runs configuration scripts"), "{err}");
 
     // The same config with the scripts left out: the top file and all static snippets parse.
@@ -208,8 +294,13 @@ fn debian_aide_conf_parses_or_names_what_is_refused() {
             copied += 1;
         }
     }
-    assert!(copied > 100, "expected Debian's many snippets, found {copied}");
-    let top = fs::read_to_string(conf).unwrap().replace("/etc/aide/aide.conf.d", &dir.path().display().to_string());
+    assert!(
+        copied > 100,
+        "expected Debian's many snippets, found {copied}"
+    );
+    let top = fs::read_to_string(conf)
+        .unwrap()
+        .replace("/etc/aide/aide.conf.d", &dir.path().display().to_string());
     let cfg = Config::parse(&top, "aide.conf", &ctx()).unwrap();
     assert!(cfg.rules.len() > 500, "only {} rules", cfg.rules.len());
     assert!(cfg.groups.contains_key("VarFile"));

@@ -1,0 +1,99 @@
+//! `fim-agent snapshot`: integrity-sum's image snapshot format, `<hex>  <relative path>` per file.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::attrs::AttrSet;
+use crate::entry::{FileType, collect};
+use crate::hash::Algorithm;
+use crate::report::display_bytes;
+use crate::rules::{Rule, Rules};
+use crate::walk::{RootMap, walk};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("--dir '{0}' must be a path relative to --root (like app or usr/bin)")]
+    BadDir(String),
+    #[error("--dir '{dir}' does not exist under {root}")]
+    Missing { dir: String, root: String },
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+}
+
+/// Hashes every regular file under `root/<dir>` for each dir, sorted by path. Symlinks, devices,
+/// FIFOs and sockets are skipped: an image snapshot is about file content. Names are escaped as in
+/// text reports (`\n`, `\\`, `\xNN`) so each file stays on one line.
+pub fn snapshot(
+    root: &Path,
+    dirs: &[String],
+    algorithm: Algorithm,
+    threads: usize,
+) -> Result<String, SnapshotError> {
+    let map = RootMap::new(root);
+    let mut rules = Vec::new();
+    for dir in dirs {
+        let clean = dir.trim_matches('/');
+        if clean.is_empty() || dir.starts_with('/') || clean.split('/').any(|c| c == "..") {
+            return Err(SnapshotError::BadDir(dir.clone()));
+        }
+        let node = format!("/{clean}");
+        if std::fs::symlink_metadata(map.to_fs(node.as_bytes())).is_err() {
+            return Err(SnapshotError::Missing {
+                dir: dir.clone(),
+                root: root.display().to_string(),
+            });
+        }
+        let pattern = format!("{}(/|$)", regex::escape(&node));
+        let rule = Rule::new(
+            crate::rules::RuleKind::Regular,
+            &pattern,
+            AttrSet::hash(algorithm),
+            Some(vec![FileType::Regular]),
+            "--dir".into(),
+        )
+        .map_err(|e| SnapshotError::BadDir(e.to_string()))?;
+        rules.push(rule);
+    }
+    let rules = Rules::new(rules);
+    let (files, issues) = walk(&rules, &map, threads);
+    if let Some(issue) = issues.first() {
+        return Err(SnapshotError::Read {
+            path: display_bytes(&issue.path),
+            message: issue.message.clone(),
+        });
+    }
+    let lines: Vec<Result<Option<String>, SnapshotError>> = files
+        .par_iter()
+        .map_init(Vec::new, |buf, f| {
+            let read_err = |message: String| SnapshotError::Read {
+                path: display_bytes(&f.path),
+                message,
+            };
+            let Some(c) = collect(
+                &f.path,
+                &map.to_fs(&f.path),
+                AttrSet::hash(algorithm),
+                None,
+                buf,
+            )
+            .map_err(|e| read_err(e.to_string()))?
+            else {
+                return Ok(None);
+            };
+            if let Some(err) = c.entry.error {
+                return Err(read_err(err));
+            }
+            let hash = c.entry.hash(algorithm).map(hex::encode).unwrap_or_default();
+            Ok(Some(format!("{hash}  {}", display_bytes(&f.path[1..]))))
+        })
+        .collect();
+    let mut out = String::new();
+    for line in lines {
+        if let Some(line) = line? {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    Ok(out)
+}
