@@ -204,75 +204,73 @@ impl<'a> Parser<'a> {
                 message,
             };
             let active = frames.last().is_none_or(|f| f.active);
-            if let Some(macro_line) = line.strip_prefix("@@") {
-                if !macro_line.starts_with('{') {
-                    let (word, rest) = split_word(macro_line);
-                    match word {
-                        "if" | "ifdef" | "ifndef" | "ifhost" | "ifnhost" => {
-                            let cond = if active {
-                                let expr = match word {
-                                    "if" => rest.to_string(),
-                                    "ifdef" => format!("defined {rest}"),
-                                    "ifndef" => format!("not defined {rest}"),
-                                    "ifhost" => format!("hostname {rest}"),
-                                    _ => format!("not hostname {rest}"),
-                                };
-                                self.eval_condition(&self.substitute(&expr)).map_err(err)?
-                            } else {
-                                false
+            if let Some(macro_line) = line.strip_prefix("@@").filter(|m| !m.starts_with('{')) {
+                let (word, rest) = split_word(macro_line);
+                match word {
+                    "if" | "ifdef" | "ifndef" | "ifhost" | "ifnhost" => {
+                        let cond = if active {
+                            let expr = match word {
+                                "if" => rest.to_string(),
+                                "ifdef" => format!("defined {rest}"),
+                                "ifndef" => format!("not defined {rest}"),
+                                "ifhost" => format!("hostname {rest}"),
+                                _ => format!("not hostname {rest}"),
                             };
-                            frames.push(Frame {
-                                active: active && cond,
-                                parent_active: active,
-                                seen_else: false,
-                                origin,
-                            });
-                        }
-                        "else" => {
-                            let f = frames
-                                .last_mut()
-                                .ok_or_else(|| err("@@else without @@if".into()))?;
-                            if f.seen_else {
-                                return Err(err("second @@else for the same @@if".into()));
-                            }
-                            f.seen_else = true;
-                            f.active = f.parent_active && !f.active;
-                        }
-                        "endif" => {
-                            frames
-                                .pop()
-                                .ok_or_else(|| err("@@endif without @@if".into()))?;
-                        }
-                        _ if !active => {}
-                        "define" => {
-                            let (name, value) = split_word(rest);
-                            if name.is_empty() {
-                                return Err(err("@@define needs a variable name".into()));
-                            }
-                            let value = self.substitute(value);
-                            self.vars.insert(name.to_string(), value);
-                        }
-                        "undef" => {
-                            self.vars.remove(rest.trim());
-                        }
-                        "include" | "x_include" => {
-                            if depth + 1 > MAX_INCLUDE_DEPTH {
-                                return Err(err(format!(
-                                    "includes nested deeper than {MAX_INCLUDE_DEPTH}"
-                                )));
-                            }
-                            let args = self.substitute(rest);
-                            self.include(&args, word == "x_include", base_dir, rule_prefix, depth)
-                                .map_err(|e| match e {
-                                    IncludeError::Here(m) => err(m),
-                                    IncludeError::Inner(e) => e,
-                                })?;
-                        }
-                        "x_include_setenv" => {}
-                        other => return Err(err(format!("unknown macro @@{other}"))),
+                            self.eval_condition(&self.substitute(&expr)).map_err(err)?
+                        } else {
+                            false
+                        };
+                        frames.push(Frame {
+                            active: active && cond,
+                            parent_active: active,
+                            seen_else: false,
+                            origin,
+                        });
                     }
-                    continue;
+                    "else" => {
+                        let f = frames
+                            .last_mut()
+                            .ok_or_else(|| err("@@else without @@if".into()))?;
+                        if f.seen_else {
+                            return Err(err("second @@else for the same @@if".into()));
+                        }
+                        f.seen_else = true;
+                        f.active = f.parent_active && !f.active;
+                    }
+                    "endif" => {
+                        frames
+                            .pop()
+                            .ok_or_else(|| err("@@endif without @@if".into()))?;
+                    }
+                    _ if !active => {}
+                    "define" => {
+                        let (name, value) = split_word(rest);
+                        if name.is_empty() {
+                            return Err(err("@@define needs a variable name".into()));
+                        }
+                        let value = self.substitute(value);
+                        self.vars.insert(name.to_string(), value);
+                    }
+                    "undef" => {
+                        self.vars.remove(rest.trim());
+                    }
+                    "include" | "x_include" => {
+                        if depth + 1 > MAX_INCLUDE_DEPTH {
+                            return Err(err(format!(
+                                "includes nested deeper than {MAX_INCLUDE_DEPTH}"
+                            )));
+                        }
+                        let args = self.substitute(rest);
+                        self.include(&args, word == "x_include", base_dir, rule_prefix, depth)
+                            .map_err(|e| match e {
+                                IncludeError::Here(m) => err(m),
+                                IncludeError::Inner(e) => e,
+                            })?;
+                    }
+                    "x_include_setenv" => {}
+                    other => return Err(err(format!("unknown macro @@{other}"))),
                 }
+                continue;
             }
             if !active {
                 continue;

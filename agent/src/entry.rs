@@ -147,6 +147,11 @@ impl Stat {
     }
 }
 
+/// Extended attributes as (name, value) pairs.
+pub type Xattrs = Vec<(Box<[u8]>, Box<[u8]>)>;
+/// Hash values per algorithm.
+pub type Hashes = Vec<(Algorithm, Box<[u8]>)>;
+
 /// One file as recorded in the baseline. Paths are node paths (`/etc/passwd`), raw bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -157,9 +162,9 @@ pub struct Entry {
     pub stat: Stat,
     pub link_target: Option<Box<[u8]>>,
     /// All extended attributes (name, value), sorted by name; split into acl/selinux/caps/xattrs when compared.
-    pub xattrs: Option<Vec<(Box<[u8]>, Box<[u8]>)>>,
+    pub xattrs: Option<Xattrs>,
     pub e2fsattrs: Option<u32>,
-    pub hashes: Vec<(Algorithm, Box<[u8]>)>,
+    pub hashes: Hashes,
     /// Why the content could not be read (permission denied, replaced during the scan, ...).
     pub error: Option<String>,
 }
@@ -267,7 +272,7 @@ fn hash_file(
     stat: &Stat,
     attrs: AttrSet,
     buf: &mut Vec<u8>,
-) -> io::Result<(Vec<(Algorithm, Box<[u8]>)>, u64)> {
+) -> io::Result<(Hashes, u64)> {
     let mut file = open_for_read(fs_path)?;
     let meta = file.metadata()?;
     if !meta.file_type().is_file() || meta.ino() != stat.ino {
@@ -313,7 +318,7 @@ fn advise_sequential(file: &File) {
     }
 }
 
-fn read_xattrs(fs_path: &Path) -> io::Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+fn read_xattrs(fs_path: &Path) -> io::Result<Xattrs> {
     let mut names = vec![0u8; 4096];
     let len = loop {
         match rustix::fs::llistxattr(fs_path, &mut names) {

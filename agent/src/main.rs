@@ -198,12 +198,13 @@ fn run_scan(command: &str, c: &Common, incremental: bool) -> Result<u8, Failure>
         }
         _ => Some(DbReader::open(&c.db)?),
     };
-    if let Some(b) = &baseline {
-        if b.header.config_digest != config.digest() {
-            eprintln!(
-                "fim-agent: note: the config changed since the baseline was written; entries the new rules no longer select are ignored"
-            );
-        }
+    if baseline
+        .as_ref()
+        .is_some_and(|b| b.header.config_digest != config.digest())
+    {
+        eprintln!(
+            "fim-agent: note: the config changed since the baseline was written; entries the new rules no longer select are ignored"
+        );
     }
     let output = match command {
         "check" => None,

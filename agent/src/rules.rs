@@ -88,10 +88,12 @@ impl Rule {
     }
 
     pub fn matches(&self, path: &[u8], ftype: FileType) -> bool {
-        if let Some(types) = &self.types {
-            if !types.contains(&ftype) {
-                return false;
-            }
+        if self
+            .types
+            .as_ref()
+            .is_some_and(|types| !types.contains(&ftype))
+        {
+            return false;
         }
         if self.matcher.is_match(path) {
             return true;
