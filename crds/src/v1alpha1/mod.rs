@@ -1,0 +1,19 @@
+//! `fim.kubefim.io/v1alpha1`.
+
+mod algorithm;
+mod file_integrity;
+mod node_status;
+mod snapshot;
+
+pub use algorithm::{Algorithm, UnknownAlgorithm};
+pub use file_integrity::{
+    Alerts, ContainerMonitoring, DEFAULT_CONFIG_KEY, DEFAULT_GRACE_PERIOD, DEFAULT_MAX_BACKUPS,
+    DEFAULT_SYSLOG_PORT, DEFAULT_TOLERATED_TAINTS, FileIntegrity, FileIntegrityConfig,
+    FileIntegrityPhase, FileIntegritySpec, FileIntegrityStatus, MIN_GRACE_PERIOD, SyslogAlert,
+    SyslogFormat, SyslogProtocol, default_tolerations,
+};
+pub use node_status::{
+    ContainerResult, FileIntegrityNodeStatus, FileIntegrityNodeStatusFields, MAX_CHANGED_PATHS,
+    ScanCondition, ScanResult, ScanStatistics,
+};
+pub use snapshot::{BASE64_PATTERN, Snapshot, SnapshotSpec, SnapshotStatus};
