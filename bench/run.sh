@@ -15,7 +15,7 @@
 #   BENCH_THREADS  hashing threads for every tool (default: all cores, `nproc`)
 #   BENCH_REPEAT   runs of each fast step (fim checks, reference); best time is kept (default 1)
 #   BENCH_REF      auto | python | sha256sum: which reference(s) to run (default auto = both)
-#   BENCH_SKIP_BUILD=1  use the existing target/release/fim-agent
+#   BENCH_SKIP_BUILD=1  use the existing release fim-agent (in $CARGO_TARGET_DIR or target/)
 #
 # Timing: wall clock is taken around `/usr/bin/time -f '%e %M'` with nanosecond resolution
 # (%e only has 10 ms resolution, too coarse for the incremental check); %M gives peak RSS.
@@ -70,7 +70,7 @@ if [[ -z $PYTHON && $BENCH_REF != sha256sum ]]; then
     BENCH_REF=sha256sum
 fi
 
-FIM=$REPO/target/release/fim-agent
+FIM=${CARGO_TARGET_DIR:-$REPO/target}/release/fim-agent
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     say "building fim-agent (release)"
     (cd "$REPO" && cargo build --release -q -p kube-fim-agent)

@@ -417,10 +417,33 @@ fn sparse_2gib_file_is_hashed_in_bounded_memory() {
     );
 }
 
+/// The child's `rchar` (bytes read through read(2) and friends), from /proc/PID/io.
+fn bytes_read(pid: libc::pid_t) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether the child has exited (a zombie not reaped yet) or is gone.
+fn has_exited(pid: libc::pid_t) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
 #[test]
 fn files_deleted_while_init_runs() {
     const DIRS: usize = 40;
     const PER_DIR: usize = 500;
+    /// Each file's size: hashing has started once the child has read a few hundred of them.
+    const FILE_SIZE: usize = 256;
     let s = Setup::new(RULES);
     let mut all = Vec::with_capacity(DIRS * PER_DIR);
     for d in 0..DIRS {
@@ -428,15 +451,27 @@ fn files_deleted_while_init_runs() {
         fs::create_dir(s.path(&dir)).expect("mkdir");
         for f in 0..PER_DIR {
             let rel = format!("{dir}/f{f:04}");
-            fs::write(s.path(&rel), format!("file {rel}\n")).expect("write");
+            let mut content = format!("file {rel}\n").into_bytes();
+            content.resize(FILE_SIZE, b'.');
+            fs::write(s.path(&rel), content).expect("write");
             all.push(rel);
         }
     }
-    // Every other file, interleaved across directories so deletions hit the whole walk.
+    // Every other file. They are deleted from the end of the path order while the scan hashes
+    // from its start, so some are hashed before they go (recorded, then removed in the check)
+    // and some go after the walk listed them but before they are read (never recorded).
     let doomed: Vec<&String> = all.iter().step_by(2).collect();
 
     let init = spawn(&s.args("init"));
-    for rel in &doomed {
+    let waiting = Instant::now();
+    while bytes_read(init.pid).unwrap_or(0) < 200 * FILE_SIZE as u64
+        && !has_exited(init.pid)
+        && waiting.elapsed() < DEADLINE
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let exited_before_deleting = has_exited(init.pid);
+    for rel in doomed.iter().rev() {
         fs::remove_file(s.path(rel)).expect("remove");
     }
     let init = init.finish();
@@ -457,9 +492,17 @@ fn files_deleted_while_init_runs() {
     let recorded_then_deleted: BTreeSet<Vec<u8>> =
         recorded.intersection(&deleted).cloned().collect();
     eprintln!(
-        "init recorded {} entries, {} of them deleted afterwards",
+        "init recorded {} entries; of the {} deleted files, {} were recorded before they went \
+         and {} were not recorded{}",
         recorded.len(),
-        recorded_then_deleted.len()
+        deleted.len(),
+        recorded_then_deleted.len(),
+        deleted.len() - recorded_then_deleted.len(),
+        if exited_before_deleting {
+            " (init finished before the deletions started: no race this time)"
+        } else {
+            ""
+        }
     );
     // Files that were never deleted must all be there.
     for rel in all.iter().skip(1).step_by(2) {
