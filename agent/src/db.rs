@@ -96,7 +96,6 @@ impl DbReader {
         }
         // First pass: the checksum over everything but the stored checksum, and the file digest.
         let mut body = Sha256::new();
-        let mut whole = Sha256::new();
         let mut limited = (&mut file).take(len - 32);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -105,10 +104,10 @@ impl DbReader {
                 break;
             }
             body.update(&buf[..n]);
-            whole.update(&buf[..n]);
         }
         let mut stored = [0u8; 32];
         file.read_exact(&mut stored).map_err(open_err)?;
+        let mut whole = body.clone();
         whole.update(stored);
         if body.finalize()[..] != stored[..] {
             return Err(DbError::corrupt(path, "checksum mismatch"));

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, Metadata};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -24,26 +24,6 @@ pub enum FileType {
 }
 
 impl FileType {
-    pub fn from_std(ft: fs::FileType) -> FileType {
-        if ft.is_file() {
-            FileType::Regular
-        } else if ft.is_dir() {
-            FileType::Directory
-        } else if ft.is_symlink() {
-            FileType::Symlink
-        } else if ft.is_char_device() {
-            FileType::CharDevice
-        } else if ft.is_block_device() {
-            FileType::BlockDevice
-        } else if ft.is_fifo() {
-            FileType::Fifo
-        } else if ft.is_socket() {
-            FileType::Socket
-        } else {
-            FileType::Unknown
-        }
-    }
-
     /// The restriction letter of aide.conf(5) ("f", "d", "l", ...), also the report's type column.
     pub fn letter(self) -> char {
         match self {
@@ -133,6 +113,43 @@ impl Stat {
         }
     }
 
+    pub fn from_rustix(st: &rustix::fs::Stat) -> Stat {
+        Stat {
+            mode: st.st_mode,
+            ino: st.st_ino,
+            nlink: st.st_nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            mtime: Timestamp {
+                sec: st.st_mtime,
+                nsec: st.st_mtime_nsec as u32,
+            },
+            ctime: Timestamp {
+                sec: st.st_ctime,
+                nsec: st.st_ctime_nsec as u32,
+            },
+            atime: Timestamp {
+                sec: st.st_atime,
+                nsec: st.st_atime_nsec as u32,
+            },
+        }
+    }
+
+    pub fn file_type(&self) -> FileType {
+        match self.mode & libc::S_IFMT {
+            libc::S_IFREG => FileType::Regular,
+            libc::S_IFDIR => FileType::Directory,
+            libc::S_IFLNK => FileType::Symlink,
+            libc::S_IFCHR => FileType::CharDevice,
+            libc::S_IFBLK => FileType::BlockDevice,
+            libc::S_IFIFO => FileType::Fifo,
+            libc::S_IFSOCK => FileType::Socket,
+            _ => FileType::Unknown,
+        }
+    }
+
     /// Permission bits including setuid/setgid/sticky.
     pub fn perm(&self) -> u32 {
         self.mode & 0o7777
@@ -198,8 +215,26 @@ pub fn collect(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let ftype = FileType::from_std(meta.file_type());
-    let stat = Stat::from_metadata(&meta);
+    collect_with_stat(
+        node_path,
+        fs_path,
+        Stat::from_metadata(&meta),
+        attrs,
+        reuse,
+        buf,
+    )
+}
+
+/// `collect` for an entry the walker has already stat'ed.
+pub fn collect_with_stat(
+    node_path: &[u8],
+    fs_path: &Path,
+    stat: Stat,
+    attrs: AttrSet,
+    reuse: Option<&Entry>,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<Collected>> {
+    let ftype = stat.file_type();
     let mut bytes_hashed = None;
     let mut entry = Entry {
         path: node_path.into(),

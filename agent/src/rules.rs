@@ -1,9 +1,8 @@
 //! Selection rules and AIDE's matching algorithm: deepest tree node first, first match inside a
 //! node, negative rules win, children of excluded directories are never visited.
 
-use std::collections::HashMap;
-
 use regex::bytes::Regex;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::attrs::AttrSet;
 use crate::entry::FileType;
@@ -125,8 +124,8 @@ pub struct Rules {
 
 impl Rules {
     pub fn new(rules: Vec<Rule>) -> Rules {
-        let mut selecting: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
-        let mut negative: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+        let mut selecting: HashMap<Vec<u8>, Vec<usize>> = HashMap::default();
+        let mut negative: HashMap<Vec<u8>, Vec<usize>> = HashMap::default();
         for (i, r) in rules.iter().enumerate() {
             let index = if r.kind == RuleKind::Negative {
                 &mut negative

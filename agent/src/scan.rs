@@ -13,7 +13,7 @@ use crate::attrs::AttrSet;
 use crate::config::Config;
 use crate::db::{DbError, DbReader, DbWriter};
 use crate::diff::{AttrChange, compare, summary_string};
-use crate::entry::{Collected, Entry, FileType, collect};
+use crate::entry::{Collected, Entry, FileType, collect_with_stat};
 use crate::walk::{Candidate, RootMap, WalkIssue, walk};
 
 /// Entries collected in parallel before they are merged, in order, with the baseline.
@@ -121,8 +121,16 @@ pub fn scan(
         root: opts.root.clone(),
         source,
     })?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .thread_name(|i| format!("fim-scan-{i}"))
+        .build()
+        .map_err(|e| ScanError::Root {
+            root: opts.root.clone(),
+            source: std::io::Error::other(e),
+        })?;
     let map = RootMap::new(&opts.root);
-    let (candidates, walk_issues) = walk(&config.rules, &map, opts.threads);
+    let (candidates, walk_issues) = pool.install(|| walk(&config.rules, &map));
     let mut outcome = Outcome {
         issues: walk_issues
             .into_iter()
@@ -139,25 +147,30 @@ pub fn scan(
         output,
         outcome: &mut outcome,
     };
+    let batches: Vec<&[Candidate]> = candidates.chunks(BATCH).collect();
 
-    for batch in candidates.chunks(BATCH) {
-        let olds: Vec<Option<Entry>> = batch
-            .iter()
-            .map(|c| merger.take_old(&c.path))
-            .collect::<Result<_, _>>()?;
-        let news: Vec<(Option<Collected>, Option<String>)> = batch
-            .par_iter()
-            .zip(olds.par_iter())
-            .map(|(c, old)| collect_one(config, &map, c, old.as_ref().filter(|_| opts.incremental)))
-            .collect();
-        for ((new, issue), (old, cand)) in news.into_iter().zip(olds.into_iter().zip(batch)) {
-            if let Some(message) = issue {
-                merger.outcome.issues.push(Issue {
-                    path: cand.path.clone(),
-                    message,
-                });
-            }
-            merger.record(old, new)?;
+    // While one batch is collected on all threads, the baseline entries of the next are read.
+    let mut olds = match batches.first() {
+        Some(b) => merger.take_olds(b)?,
+        None => Vec::new(),
+    };
+    for (i, batch) in batches.iter().enumerate() {
+        let current = std::mem::take(&mut olds);
+        let (processed, next) = pool.install(|| {
+            rayon::join(
+                || {
+                    batch
+                        .par_iter()
+                        .zip(current.into_par_iter())
+                        .map(|(c, old)| process(config, &map, opts.incremental, c, old))
+                        .collect::<Vec<_>>()
+                },
+                || batches.get(i + 1).map(|b| merger.take_olds(b)).transpose(),
+            )
+        });
+        olds = next?.unwrap_or_default();
+        for p in processed {
+            merger.record(p)?;
         }
         progress.inc(batch.len() as u64);
     }
@@ -170,24 +183,58 @@ pub fn scan(
     Ok(outcome)
 }
 
-fn collect_one(
+/// One candidate collected and compared with its baseline entry (on a pool thread).
+struct Processed {
+    old: Option<Entry>,
+    new: Option<Entry>,
+    changed: Option<Changed>,
+    issue: Option<String>,
+    bytes_hashed: Option<u64>,
+}
+
+fn process(
     config: &Config,
     map: &RootMap,
+    incremental: bool,
     cand: &Candidate,
-    reuse: Option<&Entry>,
-) -> (Option<Collected>, Option<String>) {
+    old: Option<Entry>,
+) -> Processed {
     let attrs = config.rules.get(cand.rule as usize).attrs;
     let fs_path = map.to_fs(&cand.path);
-    READ_BUF.with_borrow_mut(
-        |buf| match collect(&cand.path, &fs_path, attrs, reuse, buf) {
-            Ok(Some(collected)) => {
-                let issue = collected.entry.error.clone();
-                (Some(collected), issue)
-            }
-            Ok(None) => (None, None),
-            Err(e) => (None, Some(format!("cannot stat: {e}"))),
-        },
-    )
+    let reuse = old.as_ref().filter(|_| incremental);
+    let collected = READ_BUF.with_borrow_mut(|buf| {
+        collect_with_stat(&cand.path, &fs_path, cand.stat, attrs, reuse, buf)
+    });
+    let (new, bytes_hashed, issue) = match collected {
+        Ok(Some(Collected {
+            entry,
+            bytes_hashed,
+        })) => {
+            let issue = entry.error.clone();
+            (Some(entry), bytes_hashed, issue)
+        }
+        Ok(None) => (None, None, None),
+        Err(e) => (None, None, Some(format!("cannot read: {e}"))),
+    };
+    let changed = match (&old, &new) {
+        (Some(o), Some(n)) => {
+            let changes = compare(o, n);
+            (!changes.is_empty()).then(|| Changed {
+                path: n.path.clone(),
+                ftype: n.ftype,
+                summary: summary_string(o, n, &changes),
+                changes,
+            })
+        }
+        _ => None,
+    };
+    Processed {
+        old,
+        new,
+        changed,
+        issue,
+        bytes_hashed,
+    }
 }
 
 /// Walks the baseline stream alongside the sorted scan results.
@@ -208,6 +255,11 @@ impl Merger<'_> {
             Some(b) => b.next_entry(),
             None => Ok(None),
         }
+    }
+
+    /// The baseline entries for a batch, aligned with it.
+    fn take_olds(&mut self, batch: &[Candidate]) -> Result<Vec<Option<Entry>>, DbError> {
+        batch.iter().map(|c| self.take_old(&c.path)).collect()
     }
 
     /// The baseline entry for `path`, if any; baseline entries before it were removed.
@@ -241,44 +293,43 @@ impl Merger<'_> {
         }
     }
 
-    fn record(&mut self, old: Option<Entry>, new: Option<Collected>) -> Result<(), DbError> {
-        match (old, new) {
-            (Some(old), None) => self.removed(old),
-            (None, None) => {}
-            (
-                old,
-                Some(Collected {
-                    entry: new,
-                    bytes_hashed,
-                }),
-            ) => {
-                self.outcome.stats.entries += 1;
-                if let Some(bytes) = bytes_hashed {
-                    self.outcome.stats.files_hashed += 1;
-                    self.outcome.stats.bytes_hashed += bytes;
-                }
-                if let Some(out) = self.output.as_mut() {
-                    out.push(&new)?;
-                }
-                match old {
-                    Some(old) => {
-                        let changes = compare(&old, &new);
-                        if !changes.is_empty() {
-                            let summary = summary_string(&old, &new, &changes);
-                            self.outcome.changed.push(Changed {
-                                path: new.path.clone(),
-                                ftype: new.ftype,
-                                summary,
-                                changes,
-                            });
-                        }
-                    }
-                    None if self.baseline.is_some() && !new.attrs.contains(AttrSet::ALLOW_NEW) => {
-                        self.outcome.added.push(new)
-                    }
-                    None => {}
-                }
+    fn record(&mut self, p: Processed) -> Result<(), DbError> {
+        let Processed {
+            old,
+            new,
+            changed,
+            issue,
+            bytes_hashed,
+        } = p;
+        if let Some(message) = issue {
+            let path = new
+                .as_ref()
+                .or(old.as_ref())
+                .map(|e| e.path.clone())
+                .unwrap_or_default();
+            self.outcome.issues.push(Issue { path, message });
+        }
+        let Some(new) = new else {
+            if let Some(old) = old {
+                self.removed(old);
             }
+            return Ok(());
+        };
+        self.outcome.stats.entries += 1;
+        if let Some(bytes) = bytes_hashed {
+            self.outcome.stats.files_hashed += 1;
+            self.outcome.stats.bytes_hashed += bytes;
+        }
+        if let Some(out) = self.output.as_mut() {
+            out.push(&new)?;
+        }
+        if let Some(c) = changed {
+            self.outcome.changed.push(c);
+        } else if old.is_none()
+            && self.baseline.is_some()
+            && !new.attrs.contains(AttrSet::ALLOW_NEW)
+        {
+            self.outcome.added.push(new);
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::attrs::AttrSet;
-use crate::entry::{FileType, collect};
+use crate::entry::{FileType, collect_with_stat};
 use crate::hash::Algorithm;
 use crate::report::display_bytes;
 use crate::rules::{Rule, Rules};
@@ -56,8 +56,22 @@ pub fn snapshot(
         .map_err(|e| SnapshotError::BadDir(e.to_string()))?;
         rules.push(rule);
     }
-    let rules = Rules::new(rules);
-    let (files, issues) = walk(&rules, &map, threads);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| SnapshotError::Read {
+            path: root.display().to_string(),
+            message: e.to_string(),
+        })?;
+    pool.install(|| snapshot_in_pool(&map, &Rules::new(rules), algorithm))
+}
+
+fn snapshot_in_pool(
+    map: &RootMap,
+    rules: &Rules,
+    algorithm: Algorithm,
+) -> Result<String, SnapshotError> {
+    let (files, issues) = walk(rules, map);
     if let Some(issue) = issues.first() {
         return Err(SnapshotError::Read {
             path: display_bytes(&issue.path),
@@ -71,9 +85,10 @@ pub fn snapshot(
                 path: display_bytes(&f.path),
                 message,
             };
-            let Some(c) = collect(
+            let Some(c) = collect_with_stat(
                 &f.path,
                 &map.to_fs(&f.path),
+                f.stat,
                 AttrSet::hash(algorithm),
                 None,
                 buf,

@@ -521,6 +521,10 @@ fn files_deleted_while_init_runs() {
     let report = check.json();
     assert_no_errors(&check);
     assert!(section(&report, "added").is_empty(), "{}", check.describe());
+    // Surviving files are untouched: only directories that lost entries may have changed.
+    for c in section(&report, "changed") {
+        assert_eq!(c["type"], "d", "only directories may change: {c}");
+    }
     let removed = paths(&report, "removed");
     for p in &removed {
         let fs_path = s.path(OsStr::from_bytes(&p[1..]));
