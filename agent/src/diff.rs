@@ -257,12 +257,19 @@ pub fn summary_string(old: &Entry, new: &Entry, changes: &[AttrChange]) -> Strin
     let hash_changed = checked
         .algorithms()
         .any(|a| has(&a.name().to_ascii_uppercase()));
+    // As AIDE: '-' when the entry stopped being a regular file, '+' when it became one.
+    let regular = |e: &Entry| e.ftype == FileType::Regular;
     s.push(if hash_changed {
         'H'
-    } else if checked.has_hashes() {
-        '.'
-    } else {
+    } else if !checked.has_hashes() {
         ' '
+    } else {
+        match (regular(old), regular(new)) {
+            (true, true) => '.',
+            (true, false) => '-',
+            (false, true) => '+',
+            (false, false) => ' ',
+        }
     });
     s.push(letter("ACL", AttrSet::ACL, 'A'));
     s.push(letter("XAttrs", AttrSet::XATTRS, 'X'));

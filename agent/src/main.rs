@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Scan the tree and write a new baseline database.
-    Init(Common),
+    Init(InitArgs),
     /// Compare the tree with the baseline. Exit status: 1 added + 2 removed + 4 changed.
     Check(CheckArgs),
     /// Compare like check, then replace the baseline with the current state.
@@ -61,7 +61,13 @@ struct Common {
     /// Hashing threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// init only: replace an existing database.
+}
+
+#[derive(Args)]
+struct InitArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Replace an existing database.
     #[arg(long)]
     force: bool,
 }
@@ -159,9 +165,9 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Init(c) => run_scan("init", &c, false),
-        Command::Check(c) => run_scan("check", &c.common, c.incremental),
-        Command::Update(c) => run_scan("update", &c.common, c.incremental),
+        Command::Init(c) => run_scan("init", &c.common, false, c.force),
+        Command::Check(c) => run_scan("check", &c.common, c.incremental, false),
+        Command::Update(c) => run_scan("update", &c.common, c.incremental, false),
         Command::Snapshot(s) => run_snapshot(&s),
     }
 }
@@ -174,7 +180,7 @@ fn load_config(c: &Common) -> Result<Config, Failure> {
     })
 }
 
-fn run_scan(command: &str, c: &Common, incremental: bool) -> Result<u8, Failure> {
+fn run_scan(command: &str, c: &Common, incremental: bool, force: bool) -> Result<u8, Failure> {
     let started = SystemTime::now();
     let config = load_config(c)?;
     let mut opts = ScanOptions::new(&c.root);
@@ -185,7 +191,7 @@ fn run_scan(command: &str, c: &Common, incremental: bool) -> Result<u8, Failure>
     }
     let baseline = match command {
         "init" => {
-            if c.db.exists() && !c.force {
+            if c.db.exists() && !force {
                 return Err(Failure {
                     code: exit::INVALID_ARGUMENT,
                     message: format!(
@@ -198,13 +204,19 @@ fn run_scan(command: &str, c: &Common, incremental: bool) -> Result<u8, Failure>
         }
         _ => Some(DbReader::open(&c.db)?),
     };
-    if baseline
-        .as_ref()
-        .is_some_and(|b| b.header.config_digest != config.digest())
-    {
-        eprintln!(
-            "fim-agent: note: the config changed since the baseline was written; entries the new rules no longer select are ignored"
-        );
+    if let Some(b) = &baseline {
+        if b.header.config_digest != config.digest() {
+            eprintln!(
+                "fim-agent: note: the config changed since the baseline was written; entries the new rules no longer select are ignored"
+            );
+        }
+        let root = c.root.display().to_string();
+        if b.header.root != root {
+            eprintln!(
+                "fim-agent: warning: the baseline was written for root {}, this check reads {root}",
+                b.header.root
+            );
+        }
     }
     let output = match command {
         "check" => None,
