@@ -1,0 +1,230 @@
+//! Helpers for end-to-end tests against the local control plane that `make cluster-up` starts
+//! (e2e/scripts): a client from its kubeconfig, a namespace per test, waiting for a condition with a
+//! deadline, S3 (MinIO) access, and Prometheus.
+//!
+//! Every helper fails loudly: if the control plane is not running, the test fails with the reason and
+//! the command that starts it. Nothing here skips.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+pub mod prometheus;
+
+/// Why an e2e helper could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum E2eError {
+    #[error(
+        "the local control plane is not running ({0}); start it with `make cluster-up` (make test does)"
+    )]
+    NoCluster(String),
+    #[error("timed out after {timeout:?} waiting for {what}; last observation: {last}")]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        last: String,
+    },
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = E2eError> = std::result::Result<T, E>;
+
+/// The directory cluster-up writes its state to (`e2e/.cluster`), overridable with `FIM_E2E_STATE`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("FIM_E2E_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cluster"))
+}
+
+/// The repository root (for config/crd and friends).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `KEY=VALUE` lines of `e2e/.cluster/env`.
+pub fn cluster_env() -> Result<BTreeMap<String, String>> {
+    let path = state_dir().join("env");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| E2eError::NoCluster(format!("cannot read {}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect())
+}
+
+/// rustls needs exactly one process-wide crypto provider; kube and aws-sdk-s3 both use aws-lc-rs.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub fn kubeconfig_path() -> PathBuf {
+    state_dir().join("kubeconfig")
+}
+
+/// An admin client for the local control plane, checked with a round trip.
+pub async fn client() -> Result<Client> {
+    install_crypto_provider();
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .map_err(|e| E2eError::NoCluster(format!("cannot read {}: {e}", path.display())))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| E2eError::NoCluster(format!("bad kubeconfig {}: {e}", path.display())))?;
+    let client = Client::try_from(config)?;
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| E2eError::NoCluster(format!("API server does not answer: {e}")))?;
+    Ok(client)
+}
+
+/// A client that authenticates with a bearer token (for example a pod-bound service-account token),
+/// against the same API server as the admin kubeconfig.
+pub async fn client_with_token(token: &str) -> Result<Client> {
+    install_crypto_provider();
+    let kubeconfig =
+        Kubeconfig::read_from(kubeconfig_path()).map_err(|e| E2eError::NoCluster(e.to_string()))?;
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| E2eError::NoCluster(e.to_string()))?;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_string().into()),
+        ..Default::default()
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// A namespace of its own for one test, labelled so leftovers are easy to find. Call `delete` at
+/// the end; cluster-down removes everything anyway.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Result<TestNamespace> {
+        let name = format!("{prefix}-{}", unique_suffix());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([(
+                    "kube-fim-e2e".to_string(),
+                    "true".to_string(),
+                )])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(TestNamespace {
+            name,
+            client: client.clone(),
+        })
+    }
+
+    pub async fn delete(self) -> Result<()> {
+        Api::<Namespace>::all(self.client)
+            .delete(&self.name, &DeleteParams::background())
+            .await?;
+        Ok(())
+    }
+}
+
+/// A short random-enough suffix (time and pid based; no rand dependency needed).
+pub fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{:x}",
+        (nanos ^ (std::process::id() as u128) << 40) & 0xff_ffff_ffff
+    )
+}
+
+/// Polls `probe` until it returns `Ok(Some(value))`, backing off from 50 ms to 1 s, and fails with
+/// the last observation after `timeout`. `probe` returns `Ok(None)` with a description in `last`
+/// while the condition does not hold yet.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Poll<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(50);
+    let mut last;
+    loop {
+        match probe().await {
+            Ok(Poll::Ready(v)) => return Ok(v),
+            Ok(Poll::Pending(observed)) => last = observed,
+            Err(e) => last = format!("error: {e}"),
+        }
+        if Instant::now() >= deadline {
+            return Err(E2eError::Timeout {
+                what: what.to_string(),
+                timeout,
+                last,
+            });
+        }
+        tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// What a `wait_for` probe saw.
+pub enum Poll<T> {
+    Ready(T),
+    /// Not yet; the string says what was observed (shown if the wait times out).
+    Pending(String),
+}
+
+/// An S3 client for the MinIO that cluster-up started (path-style addressing), and its bucket.
+pub async fn s3() -> Result<(aws_sdk_s3::Client, String)> {
+    install_crypto_provider();
+    let env = cluster_env()?;
+    let get = |k: &str| {
+        env.get(k).cloned().ok_or_else(|| {
+            E2eError::NoCluster(format!(
+                "{k} missing from {}",
+                state_dir().join("env").display()
+            ))
+        })
+    };
+    let credentials = aws_credential_types::Credentials::new(
+        get("AWS_ACCESS_KEY_ID")?,
+        get("AWS_SECRET_ACCESS_KEY")?,
+        None,
+        None,
+        "kube-fim-e2e",
+    );
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(get("S3_ENDPOINT")?)
+        .region(aws_sdk_s3::config::Region::new(get("AWS_REGION")?))
+        .credentials_provider(credentials)
+        .force_path_style(true)
+        .build();
+    Ok((aws_sdk_s3::Client::from_conf(config), get("S3_BUCKET")?))
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for test processes).
+pub fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| E2eError::Other(e.to_string()))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| E2eError::Other(e.to_string()))?
+        .port())
+}
