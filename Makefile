@@ -9,21 +9,40 @@ AGENT := $(CARGO_TARGET_DIR)/release/fim-agent
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Install the system packages the tests and benchmarks use (AIDE, the reference)
+tools: ## Install the system packages the tests and benchmarks use (AIDE, Prometheus)
 	@hack/ensure-tools.sh
+	@e2e/scripts/ensure-prometheus.sh >/dev/null
 
 .PHONY: build
 build: ## Build release binaries
 	$(CARGO) build --release --workspace
 
 .PHONY: test
-test: tools ## All tests: formatting, lints, unit, integration and AIDE differential tests
+test: tools ## All tests: fmt, clippy, unit, integration, AIDE differential, and e2e on the local cluster
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --exclude kube-fim-e2e
+	$(MAKE) --no-print-directory e2e
+
+.PHONY: e2e
+e2e: cluster-up ## The end-to-end suites against the local cluster, which is stopped afterwards
+	@status=0; $(CARGO) test -p kube-fim-e2e || status=$$?; \
+	  e2e/scripts/cluster-down.sh; exit $$status
+
+.PHONY: cluster-components
+cluster-components: ## Build the test cluster's components once (control plane, etcd, kwok, MinIO) into ~/.cache/kube-fim/bin
+	@e2e/scripts/build-components.sh
+
+.PHONY: cluster-up
+cluster-up: cluster-components ## Start the local test cluster and MinIO on 127.0.0.1 (NODES=3 kwok nodes); writes e2e/.cluster/{kubeconfig,env}
+	@e2e/scripts/cluster-up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local test cluster and drop its data (logs stay in e2e/.cluster/logs)
+	@e2e/scripts/cluster-down.sh
 
 .PHONY: crds
 crds: ## Regenerate config/crd/ from the Rust types

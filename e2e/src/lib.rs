@@ -38,9 +38,9 @@ pub enum E2eError {
 
 pub type Result<T, E = E2eError> = std::result::Result<T, E>;
 
-/// The directory cluster-up writes its state to (`e2e/.cluster`), overridable with `FIM_E2E_STATE`.
+/// The directory cluster-up writes its state to (`e2e/.cluster`), overridable with `KUBE_FIM_CLUSTER_DIR` (as the scripts).
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("FIM_E2E_STATE")
+    std::env::var_os("KUBE_FIM_CLUSTER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cluster"))
 }
