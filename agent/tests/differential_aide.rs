@@ -3,111 +3,22 @@
 //!
 //! Needs `aide` (0.18) on PATH; `make test` installs it. Without it the test fails, it does not skip.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-const FIM: &str = env!("CARGO_BIN_EXE_fim-agent");
-/// A run that takes longer than this is a hang: the child is killed and the test fails.
-const DEADLINE: Duration = Duration::from_secs(120);
+use common::{FIM, Finished, run};
 
 /// The rule both tools use, in both configs.
 const RULE: &str = "p+i+n+u+g+s+m+c+sha256";
-
-struct Finished {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code,
-            String::from_utf8_lossy(&self.stdout),
-            String::from_utf8_lossy(&self.stderr)
-        )
-    }
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        v
-    })
-}
-
-/// Runs `cmd` to completion, killing it (and failing) if it outlives `DEADLINE`.
-fn run(cmd: &mut Command, what: &str) -> Finished {
-    let mut child = match cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && what.starts_with("aide") => panic!(
-            "`aide` is not installed or not on PATH ({e}); this differential test needs AIDE 0.18 \
-             (make test installs it)"
-        ),
-        Err(e) => panic!("cannot start {what}: {e}"),
-    };
-    let pid = child.id() as libc::pid_t;
-    let out = drain(child.stdout.take().expect("piped stdout"));
-    let err = drain(child.stderr.take().expect("piped stderr"));
-    // The child is reaped with wait4 below; `child` is never waited on.
-    drop(child);
-    let started = Instant::now();
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: plain syscall on our own child's pid with valid out-pointers.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
-            break;
-        }
-        if r == -1 {
-            let e = io::Error::last_os_error();
-            assert_eq!(e.kind(), io::ErrorKind::Interrupted, "waitpid({what}): {e}");
-            continue;
-        }
-        if started.elapsed() > DEADLINE {
-            // SAFETY: as above; kill and reap our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            let stderr = err.join().unwrap_or_default();
-            panic!(
-                "{what} did not finish within {DEADLINE:?}: killed it\n--- stderr ---\n{}",
-                String::from_utf8_lossy(&stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let stdout = out.join().expect("stdout reader");
-    let stderr = err.join().expect("stderr reader");
-    assert!(
-        libc::WIFEXITED(status),
-        "{what} was killed by signal {}\n{}",
-        libc::WTERMSIG(status),
-        String::from_utf8_lossy(&stderr)
-    );
-    Finished {
-        code: libc::WEXITSTATUS(status),
-        stdout,
-        stderr,
-    }
-}
 
 fn fim(args: &[&OsStr], what: &str) -> Finished {
     run(Command::new(FIM).args(args), what)

@@ -3,75 +3,30 @@
 //!
 //! Every run of the binary has a deadline: a hang kills the child and fails the test.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr};
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use common::{DEADLINE, FIM, Finished, Running};
 use fim_agent::attrs::AttrSet;
-
-const FIM: &str = env!("CARGO_BIN_EXE_fim-agent");
-/// A run that takes longer than this is a hang: the child is killed and the test fails.
-const DEADLINE: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------------
 // Running the binary
 
-struct Finished {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    /// Peak resident set size of the child, KiB (getrusage's ru_maxrss).
-    max_rss_kib: i64,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code,
-            String::from_utf8_lossy(&self.stdout),
-            String::from_utf8_lossy(&self.stderr)
-        )
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("the report is not JSON ({e}): {}", self.describe()))
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
-    }
-}
-
-/// A started `fim-agent`, reaped with wait4 (never with `Child::wait`) so its rusage is ours.
-struct Running {
-    pid: libc::pid_t,
-    what: String,
-    out: JoinHandle<Vec<u8>>,
-    err: JoinHandle<Vec<u8>>,
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        v
-    })
-}
-
-fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Running {
+/// Starts `fim-agent` with `args`, named after them in failures.
+fn start<S: AsRef<OsStr>>(args: &[S]) -> Running {
     let what = format!(
         "fim-agent {}",
         args.iter()
@@ -79,79 +34,11 @@ fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Running {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let mut child = Command::new(FIM)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let out = drain(child.stdout.take().expect("piped stdout"));
-    let err = drain(child.stderr.take().expect("piped stderr"));
-    // Dropping a Child neither waits nor kills; `finish` reaps it with wait4.
-    drop(child);
-    Running {
-        pid,
-        what,
-        out,
-        err,
-    }
-}
-
-impl Running {
-    /// Waits (polling, so the deadline holds) and returns the exit code, output and peak RSS.
-    fn finish(self) -> Finished {
-        let started = Instant::now();
-        let mut status: libc::c_int = 0;
-        // SAFETY: rusage is plain old data; all-zero is a valid value.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        loop {
-            // SAFETY: wait4 on our own child's pid with valid out-pointers.
-            let r = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
-            if r == self.pid {
-                break;
-            }
-            if r == -1 {
-                let e = io::Error::last_os_error();
-                assert_eq!(e.kind(), io::ErrorKind::Interrupted, "wait4: {e}");
-                continue;
-            }
-            if started.elapsed() > DEADLINE {
-                // SAFETY: as above; kill and reap our own child.
-                unsafe {
-                    libc::kill(self.pid, libc::SIGKILL);
-                    libc::wait4(self.pid, &mut status, 0, &mut usage);
-                }
-                let stderr = self.err.join().unwrap_or_default();
-                panic!(
-                    "{} did not finish within {DEADLINE:?}: killed it\n--- stderr ---\n{}",
-                    self.what,
-                    String::from_utf8_lossy(&stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let stdout = self.out.join().expect("stdout reader");
-        let stderr = self.err.join().expect("stderr reader");
-        assert!(
-            libc::WIFEXITED(status),
-            "{} was killed by signal {}\n{}",
-            self.what,
-            libc::WTERMSIG(status),
-            String::from_utf8_lossy(&stderr)
-        );
-        Finished {
-            code: libc::WEXITSTATUS(status),
-            stdout,
-            stderr,
-            max_rss_kib: usage.ru_maxrss,
-        }
-    }
+    common::spawn(Command::new(FIM).args(args), &what)
 }
 
 fn fim<S: AsRef<OsStr>>(args: &[S]) -> Finished {
-    spawn(args).finish()
+    start(args).wait()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,9 +283,9 @@ fn sparse_2gib_file_is_hashed_in_bounded_memory() {
     f.set_len(SIZE).expect("set_len");
     drop(f);
 
-    let init = spawn(&s.args("init")).finish();
+    let init = start(&s.args("init")).wait();
     assert_eq!(init.code, 0, "{}", init.describe());
-    let check = spawn(&s.args("check")).finish();
+    let check = start(&s.args("check")).wait();
     assert_eq!(check.code, 0, "{}", check.describe());
     let report = check.json();
     // A full (not incremental) check reads the whole file again.
@@ -462,7 +349,7 @@ fn files_deleted_while_init_runs() {
     // and some go after the walk listed them but before they are read (never recorded).
     let doomed: Vec<&String> = all.iter().step_by(2).collect();
 
-    let init = spawn(&s.args("init"));
+    let init = start(&s.args("init"));
     let waiting = Instant::now();
     while bytes_read(init.pid).unwrap_or(0) < 200 * FILE_SIZE as u64
         && !has_exited(init.pid)
@@ -474,7 +361,7 @@ fn files_deleted_while_init_runs() {
     for rel in doomed.iter().rev() {
         fs::remove_file(s.path(rel)).expect("remove");
     }
-    let init = init.finish();
+    let init = init.wait();
     assert_eq!(init.code, 0, "{}", init.describe());
     assert_no_errors(&init);
 
