@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::db::{DbError, DbReader, DbWriter};
 use crate::diff::{AttrChange, compare, summary_string};
 use crate::entry::{Collected, Entry, FileType, collect_with_stat};
-use crate::walk::{Candidate, RootMap, WalkIssue, walk};
+pub use crate::walk::Issue;
+use crate::walk::{Candidate, RootMap, walk};
 
 /// Entries collected in parallel before they are merged, in order, with the baseline.
 const BATCH: usize = 4096;
@@ -48,12 +49,6 @@ pub struct Changed {
     pub ftype: FileType,
     pub summary: String,
     pub changes: Vec<AttrChange>,
-}
-
-#[derive(Clone, Debug)]
-pub struct Issue {
-    pub path: Box<[u8]>,
-    pub message: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -100,6 +95,8 @@ pub enum ScanError {
         root: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the scan threads: {0}")]
+    Threads(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -125,17 +122,11 @@ pub fn scan(
         .num_threads(opts.threads.max(1))
         .thread_name(|i| format!("fim-scan-{i}"))
         .build()
-        .map_err(|e| ScanError::Root {
-            root: opts.root.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        .map_err(|e| ScanError::Threads(e.to_string()))?;
     let map = RootMap::new(&opts.root);
     let (candidates, walk_issues) = pool.install(|| walk(&config.rules, &map));
     let mut outcome = Outcome {
-        issues: walk_issues
-            .into_iter()
-            .map(|WalkIssue { path, message }| Issue { path, message })
-            .collect(),
+        issues: walk_issues,
         baseline_digest: baseline.as_ref().map(|b| b.digest.clone()),
         ..Outcome::default()
     };

@@ -25,9 +25,10 @@ pub struct Candidate {
     pub stat: Stat,
 }
 
-/// A directory that could not be read: reported, and the rest of the walk goes on.
+/// Something that could not be read (a directory during the walk, a file while collecting it):
+/// reported, and the scan goes on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WalkIssue {
+pub struct Issue {
     pub path: Box<[u8]>,
     pub message: String,
 }
@@ -65,12 +66,12 @@ struct Walk<'a> {
     rules: &'a Rules,
     map: &'a RootMap,
     found: Mutex<Vec<Candidate>>,
-    issues: Mutex<Vec<WalkIssue>>,
+    issues: Mutex<Vec<Issue>>,
 }
 
 /// Walks the tree under `map.root()` on the current rayon pool, returning the selected entries
 /// sorted by path.
-pub fn walk(rules: &Rules, map: &RootMap) -> (Vec<Candidate>, Vec<WalkIssue>) {
+pub fn walk(rules: &Rules, map: &RootMap) -> (Vec<Candidate>, Vec<Issue>) {
     let w = Walk {
         rules,
         map,
@@ -105,7 +106,7 @@ pub fn walk(rules: &Rules, map: &RootMap) -> (Vec<Candidate>, Vec<WalkIssue>) {
 impl<'a> Walk<'a> {
     fn issue(&self, path: &[u8], e: Errno) {
         let message = std::io::Error::from(e).to_string();
-        self.issues.lock().expect("walk lock").push(WalkIssue {
+        self.issues.lock().expect("walk lock").push(Issue {
             path: path.into(),
             message,
         });
