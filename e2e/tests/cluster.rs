@@ -121,6 +121,15 @@ async fn kwok_nodes(client: &Client) -> Vec<String> {
     names
 }
 
+/// A stand-in agent container: kwok runs pods without pulling images.
+fn agent_container() -> Container {
+    Container {
+        name: "agent".into(),
+        image: Some("kube-fim/agent:e2e".into()),
+        ..Default::default()
+    }
+}
+
 fn daemonset(
     name: &str,
     ns: &str,
@@ -143,11 +152,7 @@ fn daemonset(
                 spec: Some(PodSpec {
                     node_selector: Some(selector),
                     tolerations: Some(tolerations),
-                    containers: vec![Container {
-                        name: "agent".into(),
-                        image: Some("kube-fim/agent:e2e".into()),
-                        ..Default::default()
-                    }],
+                    containers: vec![agent_container()],
                     ..Default::default()
                 }),
             },
@@ -300,11 +305,7 @@ async fn pod_bound_token_carries_the_node_and_an_admission_policy_can_use_it() {
         spec: Some(PodSpec {
             node_name: Some(node.clone()),
             service_account_name: Some("agent".into()),
-            containers: vec![Container {
-                name: "agent".into(),
-                image: Some("kube-fim/agent:e2e".into()),
-                ..Default::default()
-            }],
+            containers: vec![agent_container()],
             ..Default::default()
         }),
         ..Default::default()
