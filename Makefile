@@ -17,8 +17,8 @@ tools: ## Install the system packages the tests and benchmarks use (AIDE, Promet
 	@e2e/scripts/ensure-prometheus.sh >/dev/null
 
 .PHONY: build
-build: ## Build release binaries
-	$(CARGO) build --release --workspace
+build: ## Build the release binaries (the product crates only, not the test helpers)
+	$(CARGO) build --release -p kube-fim-agent
 
 .PHONY: test
 test: tools ## All tests: fmt, clippy, unit, integration, AIDE differential, and e2e on the local cluster
