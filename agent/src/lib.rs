@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod diff;
 pub mod entry;
+pub mod failure_report;
 pub mod hash;
 pub mod report;
 pub mod rules;
