@@ -28,9 +28,15 @@ test: tools ## All tests: fmt, clippy, unit, integration, AIDE differential, and
 	$(MAKE) --no-print-directory e2e
 
 .PHONY: e2e
-e2e: cluster-up ## The end-to-end suites against the local cluster, which is stopped afterwards
+e2e: e2e-binaries cluster-up ## The end-to-end suites against the local cluster, which is stopped afterwards
 	@status=0; $(CARGO) test -p kube-fim-e2e || status=$$?; \
 	  e2e/scripts/cluster-down.sh; exit $$status
+
+# Binaries the e2e suites run as processes, built before the cluster starts so a failed build
+# leaves nothing running.
+.PHONY: e2e-binaries
+e2e-binaries:
+	$(CARGO) build -p kube-fim-operator
 
 .PHONY: cluster-components
 cluster-components: ## Build the test cluster's components once (control plane, etcd, kwok, MinIO) into ~/.cache/kube-fim/bin

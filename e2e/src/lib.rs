@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
@@ -227,4 +228,63 @@ pub fn free_port() -> Result<u16> {
         .local_addr()
         .map_err(|e| E2eError::Other(e.to_string()))?
         .port())
+}
+
+/// Applies config/crd/fim.kubefim.io_*.yaml (server-side apply) and waits until each CRD is
+/// Established; returns their names.
+pub async fn apply_crds(client: &Client) -> Result<Vec<String>> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = repo_root().join("config/crd");
+    let mut names = Vec::new();
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|e| E2eError::Other(format!("cannot read {}: {e}", dir.display())))?;
+    for entry in entries {
+        let path = entry.map_err(|e| E2eError::Other(e.to_string()))?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if !name.starts_with("fim.kubefim.io_") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| E2eError::Other(format!("cannot read {}: {e}", path.display())))?;
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
+            .map_err(|e| E2eError::Other(format!("bad CRD {}: {e}", path.display())))?;
+        let crd_name = crd
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| E2eError::Other(format!("CRD {} has no name", path.display())))?;
+        crds.patch(
+            &crd_name,
+            &PatchParams::apply("fim-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        names.push(crd_name);
+    }
+    for name in &names {
+        wait_for(
+            &format!("CRD {name} Established"),
+            Duration::from_secs(60),
+            || async {
+                let crd = crds.get(name).await?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(if established {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending("not established".into())
+                })
+            },
+        )
+        .await?;
+    }
+    Ok(names)
 }

@@ -12,11 +12,10 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Node, Pod, PodSpec, PodTemplateSpec, ServiceAccount, Taint, Toleration,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use kube_fim_e2e::{Poll, TestNamespace, client, client_with_token, repo_root, s3, wait_for};
+use kube_fim_e2e::{Poll, TestNamespace, apply_crds, client, client_with_token, s3, wait_for};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -29,53 +28,10 @@ fn meta(name: &str, ns: &str) -> ObjectMeta {
     }
 }
 
-/// Applies config/crd/*.yaml and waits until each CRD is Established.
-async fn apply_crds(client: &Client) -> Vec<String> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(repo_root().join("config/crd")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if !name.starts_with("fim.kubefim.io_") {
-            continue;
-        }
-        let crd: CustomResourceDefinition =
-            serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let crd_name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &crd_name,
-            &PatchParams::apply("fim-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-        names.push(crd_name);
-    }
-    for name in &names {
-        wait_for(&format!("CRD {name} Established"), WAIT, || async {
-            let crd = crds.get(name).await?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(if established {
-                Poll::Ready(())
-            } else {
-                Poll::Pending("not established".into())
-            })
-        })
-        .await
-        .unwrap();
-    }
-    names
-}
-
 #[tokio::test]
 async fn crds_become_established_and_admission_names_the_bad_field() {
     let client = client().await.unwrap();
-    let names = apply_crds(&client).await;
+    let names = apply_crds(&client).await.unwrap();
     assert_eq!(names.len(), 3, "{names:?}");
     let ns = TestNamespace::create(&client, "crds").await.unwrap();
     let fis: Api<kube_fim_crds::FileIntegrity> = Api::namespaced(client.clone(), &ns.name);

@@ -1,4 +1,4 @@
-//! Errors of the operator's pure logic.
+//! Errors of the operator: its pure logic and the controller's API calls.
 
 /// Why a desired object could not be computed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,33 @@ pub enum Error {
     /// The operator's re-init bookkeeping annotation holds something it did not write.
     #[error("invalid re-init request annotation: {0}")]
     InvalidReinitRequest(#[source] serde_json::Error),
+
+    /// An API call of the controller failed; the reconcile is retried.
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an API error with what the operator was doing.
+    pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+
+    /// Bounded label value for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::MissingObjectKey(_) => "missing_object_key",
+            Error::ForeignNamespace { .. } => "foreign_namespace",
+            Error::NameTooLong(_) => "name_too_long",
+            Error::InvalidReinitRequest(_) => "invalid_reinit_request",
+            Error::Kube { .. } => "kube",
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

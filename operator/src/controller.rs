@@ -1,0 +1,494 @@
+//! The FileIntegrity controller: reads what is in the cluster, computes what should be with the
+//! pure modules, and applies it (server-side apply, field manager
+//! [`labels::OPERATOR_MANAGER`]).
+//!
+//! Per FileIntegrity it writes the effective rules ConfigMap `fim-config-<fi>`, the agent
+//! DaemonSet (after `spec.config.initialDelay`), the status, `FileIntegrityStatus` events and
+//! the `node_failed` gauge. It is triggered by changes of the FileIntegrity, its DaemonSet, its
+//! rules ConfigMap, the user's ConfigMap it references, and its FileIntegrityNodeStatus objects.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, DaemonSetStatus},
+        core::v1::{ConfigMap, Node},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use kube_fim_crds::{
+    FileIntegrity, FileIntegrityNodeStatus, FileIntegrityStatus, ScanCondition, labels,
+};
+use serde_json::json;
+
+use crate::{
+    Error, Result,
+    config::{self, ConfigSource},
+    daemonset::{self, AgentOptions},
+    events,
+    metrics::Metrics,
+    metrics_labels, phase,
+};
+
+/// Settings of the operator that are not in any FileIntegrity.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Namespace the operator watches and the agents run in.
+    pub namespace: String,
+    /// Agent image.
+    pub agent_image: String,
+    /// Service account of the agent pods.
+    pub agent_service_account: String,
+    /// Periodic re-check of a FileIntegrity without any change.
+    pub resync: Duration,
+    /// Retry delay after a failed reconcile.
+    pub retry: Duration,
+}
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub config: OperatorConfig,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, config: OperatorConfig) -> Self {
+        let reporter = Reporter {
+            controller: labels::OPERATOR_MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            config,
+        }
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(labels::OPERATOR_MANAGER).force()
+}
+
+/// Reconciles one FileIntegrity.
+pub async fn reconcile(fi: Arc<FileIntegrity>, ctx: Arc<Context>) -> Result<Action> {
+    if fi.meta().deletion_timestamp.is_some() {
+        // Owned objects are garbage-collected through their owner references.
+        return Ok(Action::await_change());
+    }
+    let name = fi.name_any();
+    let namespace = fi
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let now = Timestamp::now();
+    let mut requeue = ctx.config.resync;
+
+    // 1. Rules: validate, write the effective ConfigMap, or keep the last good one.
+    let (config_error, config_hash) = sync_config(&fi, &ctx).await?;
+
+    // 2. The agent DaemonSet, once the initial delay has passed and there are rules to run.
+    let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let ds_name = daemonset::daemonset_name(&name);
+    let wait = daemonset::should_create_daemonset(&fi, now);
+    let daemonset = match (&config_hash, wait) {
+        (Some(hash), Ok(())) => {
+            let opts = AgentOptions::new(
+                ctx.config.agent_image.clone(),
+                ctx.config.namespace.clone(),
+                ctx.config.agent_service_account.clone(),
+                config::config_map_name(&name),
+                hash.clone(),
+            );
+            let desired = daemonset::desired_daemonset(&fi, &opts)?;
+            Some(
+                dss.patch(&ds_name, &apply_params(), &Patch::Apply(&desired))
+                    .await
+                    .map_err(Error::kube(format!("applying DaemonSet {ds_name}")))?,
+            )
+        }
+        (_, Err(remaining)) => {
+            requeue = requeue.min(remaining + Duration::from_secs(1));
+            None
+        }
+        (None, Ok(())) => dss
+            .get_opt(&ds_name)
+            .await
+            .map_err(Error::kube(format!("reading DaemonSet {ds_name}")))?,
+    };
+    let ds_status: Option<DaemonSetStatus> = daemonset.and_then(|ds| ds.status);
+
+    // 3. Node statuses of the selected nodes.
+    let node_statuses = node_statuses(&fi, &ctx).await?;
+    let failed: BTreeMap<String, bool> = node_statuses
+        .iter()
+        .map(|s| {
+            let failed = s
+                .spec
+                .last_result
+                .as_ref()
+                .is_some_and(|r| r.condition == ScanCondition::Failed);
+            (s.spec.node_name.clone(), failed)
+        })
+        .collect();
+    ctx.metrics.set_node_failed(&failed);
+
+    // 4. Status, events, phase metrics.
+    // Re-init is not handled by this controller yet: no node counts as re-initialising.
+    let status = phase::compute_status(
+        &fi,
+        ds_status.as_ref(),
+        &node_statuses,
+        config_error.as_deref(),
+        &BTreeSet::new(),
+        now,
+    );
+    if fi.status.as_ref() != Some(&status) {
+        patch_status(&fi, &namespace, &status, &ctx).await?;
+        let old = fi.status.as_ref().map(|s| s.phase);
+        if let Some(event) = events::phase_event(old, status.phase) {
+            ctx.metrics
+                .phase_total
+                .with_label_values(&[status.phase.as_str()])
+                .inc();
+            if let Some(error) = &config_error {
+                ctx.metrics
+                    .error_total
+                    .with_label_values(&[metrics_labels::error_reason(error)])
+                    .inc();
+            }
+            // The Recorder folds events with the same type, reason and action into one
+            // series (keeping the first note), so the action names the new phase: each
+            // phase gets its own event, and repeats of a phase count up its series.
+            let event = kube::runtime::events::Event {
+                action: status.phase.as_str().to_owned(),
+                ..event.into_event()
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &fi.object_ref(&())).await {
+                // An event is best effort: never fail the reconcile for it.
+                tracing::warn!(fi = %name, error = %e, "cannot publish event");
+            }
+        }
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Retries a failed reconcile after a fixed delay and counts it.
+pub fn error_policy(fi: Arc<FileIntegrity>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(fi = %fi.name_any(), %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[error.metric_label()])
+        .inc();
+    Action::requeue(ctx.config.retry)
+}
+
+/// Resolves, validates and writes the rules. Returns the config error (if any) and the digest
+/// of the rules the agents should run: the new ones, or on error the last good ones still in
+/// `fim-config-<fi>` (`None` when there never were any).
+async fn sync_config(
+    fi: &FileIntegrity,
+    ctx: &Context,
+) -> Result<(Option<String>, Option<String>)> {
+    let name = fi.name_any();
+    let namespace = fi
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let source = ConfigSource::of(fi);
+    let text = match &source {
+        ConfigSource::Default => Ok(config::DEFAULT_RULES.to_owned()),
+        ConfigSource::ConfigMap {
+            namespace: cm_ns,
+            name: cm_name,
+            key,
+        } => {
+            let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), cm_ns);
+            match cms
+                .get_opt(cm_name)
+                .await
+                .map_err(Error::kube(format!("reading ConfigMap {cm_ns}/{cm_name}")))?
+            {
+                None => Err(format!("config ConfigMap {cm_ns}/{cm_name} not found")),
+                Some(cm) => cm
+                    .data
+                    .and_then(|mut d| d.remove(key))
+                    .ok_or_else(|| format!("config ConfigMap {cm_ns}/{cm_name} has no key {key}")),
+            }
+        }
+    };
+    let text = text.and_then(|t| config::validate(&t, &source).map(|()| t));
+
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let cm_name = config::config_map_name(&name);
+    match text {
+        Ok(text) => {
+            let hash = config::config_hash(&text);
+            let owner = fi
+                .controller_owner_ref(&())
+                .ok_or(Error::MissingObjectKey("metadata.uid"))?;
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(cm_name.clone()),
+                    namespace: Some(namespace.clone()),
+                    labels: Some(BTreeMap::from([
+                        (labels::OWNER.to_owned(), name.clone()),
+                        (
+                            "app.kubernetes.io/managed-by".to_owned(),
+                            labels::OPERATOR_MANAGER.to_owned(),
+                        ),
+                    ])),
+                    annotations: Some(BTreeMap::from([(
+                        daemonset::CONFIG_HASH_ANNOTATION.to_owned(),
+                        hash.clone(),
+                    )])),
+                    owner_references: Some(vec![owner]),
+                    ..ObjectMeta::default()
+                },
+                data: Some(BTreeMap::from([(daemonset::CONFIG_FILE.to_owned(), text)])),
+                ..ConfigMap::default()
+            };
+            // SSA needs apiVersion/kind in the body.
+            let mut body = serde_json::to_value(&cm).expect("ConfigMap serializes");
+            body["apiVersion"] = json!("v1");
+            body["kind"] = json!("ConfigMap");
+            cms.patch(&cm_name, &apply_params(), &Patch::Apply(&body))
+                .await
+                .map_err(Error::kube(format!("applying ConfigMap {cm_name}")))?;
+            Ok((None, Some(hash)))
+        }
+        Err(error) => {
+            tracing::info!(fi = %name, %error, "rules invalid; keeping the last good ones");
+            let previous = cms
+                .get_opt(&cm_name)
+                .await
+                .map_err(Error::kube(format!("reading ConfigMap {cm_name}")))?;
+            let hash = previous.and_then(|cm| cm.data).and_then(|d| {
+                d.get(daemonset::CONFIG_FILE)
+                    .map(|t| config::config_hash(t))
+            });
+            Ok((Some(error), hash))
+        }
+    }
+}
+
+/// The FileIntegrityNodeStatus objects of `fi` (label [`labels::OWNER`] or an owner
+/// reference to it) for nodes its `nodeSelector` currently matches.
+async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<Vec<FileIntegrityNodeStatus>> {
+    let name = fi.name_any();
+    let namespace = fi
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let uid = fi.uid();
+    let api: Api<FileIntegrityNodeStatus> = Api::namespaced(ctx.client.clone(), &namespace);
+    let all = api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("listing FileIntegrityNodeStatus"))?;
+    let selector = fi
+        .spec
+        .node_selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let selected: BTreeSet<String> = nodes
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("listing nodes"))?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    Ok(all
+        .items
+        .into_iter()
+        .filter(|s| belongs_to(s, &name, uid.as_deref()))
+        .filter(|s| selected.contains(&s.spec.node_name))
+        .collect())
+}
+
+/// Whether node status `s` is one of FileIntegrity `fi_name`'s.
+fn belongs_to(s: &FileIntegrityNodeStatus, fi_name: &str, fi_uid: Option<&str>) -> bool {
+    s.labels().get(labels::OWNER).map(String::as_str) == Some(fi_name)
+        || s.owner_references()
+            .iter()
+            .any(|o| o.kind == "FileIntegrity" && Some(o.uid.as_str()) == fi_uid)
+}
+
+/// The FileIntegrity a node status belongs to (label first, then owner reference).
+fn owner_of_node_status(s: &FileIntegrityNodeStatus) -> Option<ObjectRef<FileIntegrity>> {
+    let ns = s.namespace()?;
+    let name = s.labels().get(labels::OWNER).cloned().or_else(|| {
+        s.owner_references()
+            .iter()
+            .find(|o| o.kind == "FileIntegrity")
+            .map(|o| o.name.clone())
+    })?;
+    Some(ObjectRef::new(&name).within(&ns))
+}
+
+async fn patch_status(
+    fi: &FileIntegrity,
+    namespace: &str,
+    status: &FileIntegrityStatus,
+    ctx: &Context,
+) -> Result<()> {
+    let name = fi.name_any();
+    let api: Api<FileIntegrity> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = json!({
+        "apiVersion": FileIntegrity::api_version(&()),
+        "kind": FileIntegrity::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map_err(Error::kube(format!(
+            "applying status of FileIntegrity {name}"
+        )))?;
+    Ok(())
+}
+
+/// FileIntegrities a ConfigMap change concerns: its owner (the rules ConfigMap we write) and
+/// every FileIntegrity whose `spec.config` references it.
+fn file_integrities_of_config_map(
+    cm: &ConfigMap,
+    store: &Store<FileIntegrity>,
+) -> Vec<ObjectRef<FileIntegrity>> {
+    let (Some(ns), name) = (cm.namespace(), cm.name_any()) else {
+        return Vec::new();
+    };
+    let mut refs: Vec<ObjectRef<FileIntegrity>> = cm
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "FileIntegrity")
+        .map(|o| ObjectRef::new(&o.name).within(&ns))
+        .collect();
+    refs.extend(
+        store
+            .state()
+            .iter()
+            .filter(|fi| ConfigSource::of(fi).is_config_map(&ns, &name))
+            .map(|fi| ObjectRef::from_obj(fi.as_ref())),
+    );
+    refs
+}
+
+/// Runs the controller until SIGINT/SIGTERM. `on_ready` is called once the FileIntegrity cache
+/// is filled.
+pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
+    let ns = ctx.config.namespace.clone();
+    let client = ctx.client.clone();
+    let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns);
+    let controller = Controller::new(fis, watcher::Config::default());
+    let store = controller.store();
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        // The store's readiness is a oneshot that wakes only its latest poller (the
+        // controller's runner also waits on it), so poll again now and then.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => return on_ready(),
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
+        }
+    });
+    let agent_pods = format!("app.kubernetes.io/name={}", daemonset::AGENT_APP);
+    controller
+        .owns(
+            Api::<DaemonSet>::namespaced(client.clone(), &ns),
+            watcher::Config::default().labels(&agent_pods),
+        )
+        // One ConfigMap watch serves both the owned rules ConfigMaps (by owner reference) and
+        // the users' ConfigMaps (by reference from spec.config).
+        .watches(
+            Api::<ConfigMap>::namespaced(client.clone(), &ns),
+            watcher::Config::default(),
+            move |cm| file_integrities_of_config_map(&cm, &store),
+        )
+        .watches(
+            Api::<FileIntegrityNodeStatus>::namespaced(client, &ns),
+            watcher::Config::default(),
+            |s| owner_of_node_status(&s),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(fi = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube_fim_crds::FileIntegrityNodeStatusFields;
+
+    fn status(labels: &[(&str, &str)], owner_uid: Option<&str>) -> FileIntegrityNodeStatus {
+        let mut s = FileIntegrityNodeStatus::new(
+            "example-node-a",
+            FileIntegrityNodeStatusFields::new("node-a"),
+        );
+        s.metadata.namespace = Some("kube-fim".into());
+        s.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        if let Some(uid) = owner_uid {
+            s.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "fim.kubefim.io/v1alpha1".into(),
+                kind: "FileIntegrity".into(),
+                name: "example".into(),
+                uid: uid.into(),
+                ..OwnerReference::default()
+            }]);
+        }
+        s
+    }
+
+    #[test]
+    fn node_status_maps_to_its_file_integrity() {
+        let by_label = status(&[(labels::OWNER, "example")], None);
+        assert!(belongs_to(&by_label, "example", Some("u")));
+        assert!(!belongs_to(&by_label, "other", Some("u")));
+        assert_eq!(
+            owner_of_node_status(&by_label),
+            Some(ObjectRef::new("example").within("kube-fim"))
+        );
+        let by_owner = status(&[], Some("u"));
+        assert!(belongs_to(&by_owner, "example", Some("u")));
+        assert!(!belongs_to(&by_owner, "example", Some("v")));
+        assert_eq!(
+            owner_of_node_status(&by_owner),
+            Some(ObjectRef::new("example").within("kube-fim"))
+        );
+        assert_eq!(owner_of_node_status(&status(&[], None)), None);
+    }
+}

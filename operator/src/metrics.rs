@@ -1,0 +1,125 @@
+//! The operator's Prometheus metrics (names from [`crate::metrics_labels`]).
+
+use std::collections::BTreeMap;
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::metrics_labels as names;
+
+/// Registered metrics; cheap to share behind an `Arc`.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Transitions to a phase; label `phase`.
+    pub phase_total: IntCounterVec,
+    /// FileIntegrity errors; label `error` (bounded by [`names::error_reason`]).
+    pub error_total: IntCounterVec,
+    /// 1 while a node's latest result is Failed, 0 otherwise; label `node`.
+    pub node_failed: IntGaugeVec,
+    /// Failed reconciliations (not a seed-001 metric); label `error`.
+    pub reconcile_errors: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let phase_total = IntCounterVec::new(
+            Opts::new(
+                names::PHASE_TOTAL,
+                "Transitions of FileIntegrity objects to a phase",
+            ),
+            &[names::LABEL_PHASE],
+        )
+        .expect("valid metric");
+        let error_total = IntCounterVec::new(
+            Opts::new(names::ERROR_TOTAL, "FileIntegrity phase errors"),
+            &[names::LABEL_ERROR],
+        )
+        .expect("valid metric");
+        let node_failed = IntGaugeVec::new(
+            Opts::new(
+                names::NODE_FAILED,
+                "1 while a node has unresolved integrity failures, 0 when healthy",
+            ),
+            &[names::LABEL_NODE],
+        )
+        .expect("valid metric");
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new(
+                "file_integrity_operator_reconcile_errors_total",
+                "Reconciliations of a FileIntegrity that failed and were retried",
+            ),
+            &[names::LABEL_ERROR],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(phase_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(error_total.clone()),
+            Box::new(node_failed.clone()),
+            Box::new(reconcile_errors.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+        Self {
+            registry,
+            phase_total,
+            error_total,
+            node_failed,
+            reconcile_errors,
+        }
+    }
+
+    /// Sets `node_failed` for each node: `true` → 1, `false` → 0.
+    pub fn set_node_failed(&self, nodes: &BTreeMap<String, bool>) {
+        for (node, failed) in nodes {
+            self.node_failed
+                .with_label_values(&[node.as_str()])
+                .set(i64::from(*failed));
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_seed_names() {
+        let m = Metrics::new();
+        m.phase_total.with_label_values(&["Active"]).inc();
+        m.set_node_failed(&BTreeMap::from([
+            ("a".to_owned(), true),
+            ("b".to_owned(), false),
+        ]));
+        let text = m.render();
+        assert!(
+            text.contains("file_integrity_operator_phase_total{phase=\"Active\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("file_integrity_operator_node_failed{node=\"a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("file_integrity_operator_node_failed{node=\"b\"} 0"),
+            "{text}"
+        );
+    }
+}
