@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -43,12 +43,20 @@ pub type Result<T, E = E2eError> = std::result::Result<T, E>;
 pub fn state_dir() -> PathBuf {
     std::env::var_os("KUBE_FIM_CLUSTER_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cluster"))
+        .unwrap_or_else(|| manifest_dir().join(".cluster"))
+}
+
+/// `e2e/` of the checkout under test. Read at run time (cargo test sets it): a helper library
+/// compiled in another checkout sharing the target dir must not point the tests at that checkout.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The repository root (for config/crd and friends).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    manifest_dir().join("..")
 }
 
 /// `KEY=VALUE` lines of `e2e/.cluster/env`.

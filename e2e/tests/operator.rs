@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use kube_fim_crds::{FileIntegrity, FileIntegrityPhase};
+use kube_fim_crds::{FileIntegrity, FileIntegrityNodeStatus, FileIntegrityPhase, labels};
 use kube_fim_e2e::{
     Poll, TestNamespace, apply_crds, client, free_port, kubeconfig_path, repo_root, state_dir,
     wait_for,
@@ -411,5 +411,196 @@ async fn a_bad_config_line_puts_the_file_integrity_in_error_until_fixed() {
         Some(good)
     );
 
+    ns.delete().await.unwrap();
+}
+
+/// A node status as the agent writes it: server-side apply by the agent's field manager,
+/// named `<fi>-<node>`, labelled with and owned by the FileIntegrity.
+async fn apply_node_status(
+    statuses: &Api<FileIntegrityNodeStatus>,
+    fi: &FileIntegrity,
+    node: &str,
+    result: serde_json::Value,
+) {
+    let fi_name = fi.metadata.name.as_deref().unwrap();
+    let name = FileIntegrityNodeStatus::name_for(fi_name, node);
+    let body = json!({
+        "apiVersion": "fim.kubefim.io/v1alpha1", "kind": "FileIntegrityNodeStatus",
+        "metadata": {
+            "name": name,
+            "labels": {labels::OWNER: fi_name, labels::NODE: node},
+            "ownerReferences": [{
+                "apiVersion": "fim.kubefim.io/v1alpha1", "kind": "FileIntegrity",
+                "name": fi_name, "uid": fi.metadata.uid.as_deref().unwrap(),
+            }],
+        },
+        "nodeName": node,
+        "results": [result.clone()],
+        "lastResult": result,
+    });
+    statuses
+        .patch(
+            &name,
+            &PatchParams::apply(labels::AGENT_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the operator's `/metrics` contains `want`.
+async fn wait_for_metric(operator: &Operator, want: &str) {
+    wait_for(&format!("metric {want}"), WAIT, || async {
+        let (code, body) = operator.get("/metrics").await?;
+        Ok(if code == 200 && body.contains(want) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("HTTP {code}:\n{body}"))
+        })
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn node_results_become_events_and_metrics_and_leave_with_their_node() {
+    let client = client().await.unwrap();
+    let all = kwok_nodes(&client).await;
+    assert!(!all.is_empty(), "cluster-up starts kwok nodes");
+    let ns = namespace_with_agent_account(&client, "op-results").await;
+    let label = format!("e2e.kubefim.io/{}", ns.name);
+    let node = all[0].clone();
+    label_nodes(&client, std::slice::from_ref(&node), &label, Some("yes")).await;
+
+    let mut operator = Operator::start(&ns.name);
+    let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns.name);
+    let fi = fis
+        .create(
+            &PostParams::default(),
+            &file_integrity("res", json!({"nodeSelector": {label.clone(): "yes"}})),
+        )
+        .await
+        .unwrap();
+
+    // A Failed result, as the agent writes it.
+    let statuses: Api<FileIntegrityNodeStatus> = Api::namespaced(client.clone(), &ns.name);
+    let log = format!("res-{node}-failed");
+    apply_node_status(
+        &statuses,
+        &fi,
+        &node,
+        json!({
+            "condition": "Failed", "lastProbeTime": "2026-01-01T00:00:00Z",
+            "filesAdded": 1, "filesChanged": 1,
+            "resultConfigMapName": log, "resultConfigMapNamespace": ns.name,
+        }),
+    )
+    .await;
+
+    // A Warning NodeIntegrityStatus event in the seed-001 wording.
+    let want = format!("node {node} has changed! a:1,c:1,r:0 log:{}/{log}", ns.name);
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(&format!("event {want:?}"), WAIT, || async {
+        let notes: Vec<(Option<String>, Option<String>)> = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("NodeIntegrityStatus")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("res")
+            })
+            .map(|e| (e.type_, e.note))
+            .collect();
+        Ok(
+            if notes.contains(&(Some("Warning".to_owned()), Some(want.clone()))) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("NodeIntegrityStatus events: {notes:?}"))
+            },
+        )
+    })
+    .await
+    .unwrap();
+
+    // The gauge, and again after a restart of the operator (rebuilt from the node statuses).
+    let gauge = format!("file_integrity_operator_node_failed{{node=\"{node}\"}} 1");
+    wait_for_metric(&operator, &gauge).await;
+    wait_for_metric(
+        &operator,
+        &format!(
+            "file_integrity_operator_node_status_total{{condition=\"Failed\",node=\"{node}\"}} 1"
+        ),
+    )
+    .await;
+    drop(operator);
+    operator = Operator::start(&ns.name);
+    wait_for("operator ready after restart", WAIT, || async {
+        let (code, _) = operator.get("/readyz").await.unwrap_or((0, String::new()));
+        Ok(if code == 200 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("/readyz: {code}"))
+        })
+    })
+    .await
+    .unwrap();
+    wait_for_metric(&operator, &gauge).await;
+
+    // The status of a node that is deleted goes with it. The node is not kwok-managed (no
+    // kwok.x-k8s.io/node annotation): a plain Node object.
+    let gone = format!("e2e-gone-{}", ns.name);
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &Node {
+                metadata: ObjectMeta {
+                    name: Some(gone.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    apply_node_status(
+        &statuses,
+        &fi,
+        &gone,
+        json!({"condition": "Succeeded", "lastProbeTime": "2026-01-01T00:00:00Z"}),
+    )
+    .await;
+    let gone_status = FileIntegrityNodeStatus::name_for("res", &gone);
+    // Kept while the node exists (give the operator a reconcile to get it wrong).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        statuses.get_opt(&gone_status).await.unwrap().is_some(),
+        "the status of an existing node is kept"
+    );
+    nodes.delete(&gone, &DeleteParams::default()).await.unwrap();
+    wait_for(
+        &format!("node status {gone_status} deleted"),
+        WAIT,
+        || async {
+            Ok(match statuses.get_opt(&gone_status).await? {
+                None => Poll::Ready(()),
+                Some(s) => Poll::Pending(format!("still there: {:?}", s.spec)),
+            })
+        },
+    )
+    .await
+    .unwrap();
+    // The selected node's status stays.
+    assert!(
+        statuses
+            .get_opt(&FileIntegrityNodeStatus::name_for("res", &node))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    drop(operator);
+    label_nodes(&client, std::slice::from_ref(&node), &label, None).await;
     ns.delete().await.unwrap();
 }

@@ -3,13 +3,15 @@
 //! [`labels::OPERATOR_MANAGER`]).
 //!
 //! Per FileIntegrity it writes the effective rules ConfigMap `fim-config-<fi>`, the agent
-//! DaemonSet (after `spec.config.initialDelay`), the status, `FileIntegrityStatus` events and
-//! the `node_failed` gauge. It is triggered by changes of the FileIntegrity, its DaemonSet, its
-//! rules ConfigMap, the user's ConfigMap it references, and its FileIntegrityNodeStatus objects.
+//! DaemonSet (after `spec.config.initialDelay`), the status, `FileIntegrityStatus` and
+//! `NodeIntegrityStatus` events, the `node_failed` gauge and `node_status_total`, and deletes
+//! the FileIntegrityNodeStatus objects of deleted nodes. It is triggered by changes of the
+//! FileIntegrity, its DaemonSet, its rules ConfigMap, the user's ConfigMap it references, its
+//! FileIntegrityNodeStatus objects, and Nodes being added, deleted or relabelled.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -17,24 +19,24 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetStatus},
-        core::v1::{ConfigMap, Node},
+        core::v1::{ConfigMap, Node, ObjectReference},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
     jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Recorder, Reporter},
         reflector::{ObjectRef, Store},
-        watcher,
+        watcher::{self, watcher},
     },
 };
 use kube_fim_crds::{
-    FileIntegrity, FileIntegrityNodeStatus, FileIntegrityStatus, ScanCondition, labels,
+    FileIntegrity, FileIntegrityNodeStatus, FileIntegrityStatus, ScanCondition, ScanResult, labels,
 };
 use serde_json::json;
 
@@ -68,7 +70,12 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub config: OperatorConfig,
+    /// What the last `NodeIntegrityStatus` event said per (namespace, FileIntegrity, node).
+    node_events: Mutex<HashMap<NodeEventId, events::NodeEventKey>>,
 }
+
+/// (namespace, FileIntegrity, node).
+type NodeEventId = (String, String, String);
 
 impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, config: OperatorConfig) -> Self {
@@ -81,6 +88,7 @@ impl Context {
             client,
             metrics,
             config,
+            node_events: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -136,8 +144,13 @@ pub async fn reconcile(fi: Arc<FileIntegrity>, ctx: Arc<Context>) -> Result<Acti
     };
     let ds_status: Option<DaemonSetStatus> = daemonset.and_then(|ds| ds.status);
 
-    // 3. Node statuses of the selected nodes.
-    let node_statuses = node_statuses(&fi, &ctx).await?;
+    // 3. Node statuses of the selected nodes; those of deleted nodes are removed.
+    let NodeStatuses {
+        selected: node_statuses,
+        orphaned,
+    } = node_statuses(&fi, &ctx).await?;
+    delete_orphaned_node_statuses(&fi, &namespace, &orphaned, &ctx).await?;
+    publish_node_events(&fi, &namespace, &node_statuses, &ctx).await;
     let failed: BTreeMap<String, bool> = node_statuses
         .iter()
         .map(|s| {
@@ -289,9 +302,17 @@ async fn sync_config(
     }
 }
 
+/// The FileIntegrityNodeStatus objects of a FileIntegrity.
+struct NodeStatuses {
+    /// For nodes its `nodeSelector` currently matches.
+    selected: Vec<FileIntegrityNodeStatus>,
+    /// For nodes that no longer exist.
+    orphaned: Vec<FileIntegrityNodeStatus>,
+}
+
 /// The FileIntegrityNodeStatus objects of `fi` (label [`labels::OWNER`] or an owner
-/// reference to it) for nodes its `nodeSelector` currently matches.
-async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<Vec<FileIntegrityNodeStatus>> {
+/// reference to it), split into those of selected nodes and those of deleted nodes.
+async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses> {
     let name = fi.name_any();
     let namespace = fi
         .namespace()
@@ -302,28 +323,146 @@ async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<Vec<FileInte
         .list(&ListParams::default())
         .await
         .map_err(Error::kube("listing FileIntegrityNodeStatus"))?;
-    let selector = fi
-        .spec
-        .node_selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let selected: BTreeSet<String> = nodes
-        .list_metadata(&ListParams::default().labels(&selector))
+    let nodes = nodes
+        .list_metadata(&ListParams::default())
         .await
         .map_err(Error::kube("listing nodes"))?
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
+        .items;
+    let existing: BTreeSet<&str> = nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
         .collect();
-    Ok(all
+    let selected: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| selects(&fi.spec.node_selector, n.metadata.labels.as_ref()))
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    let mut statuses = NodeStatuses {
+        selected: Vec::new(),
+        orphaned: Vec::new(),
+    };
+    for s in all
         .items
         .into_iter()
         .filter(|s| belongs_to(s, &name, uid.as_deref()))
-        .filter(|s| selected.contains(&s.spec.node_name))
-        .collect())
+    {
+        let node = s.spec.node_name.as_str();
+        if selected.contains(node) {
+            statuses.selected.push(s);
+        } else if !existing.contains(node) {
+            statuses.orphaned.push(s);
+        }
+    }
+    Ok(statuses)
+}
+
+/// Whether a node with `labels` matches `selector` (every key with that value).
+fn selects(selector: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+/// Deletes the node statuses of nodes that no longer exist and forgets their metrics and
+/// event history.
+async fn delete_orphaned_node_statuses(
+    fi: &FileIntegrity,
+    namespace: &str,
+    orphaned: &[FileIntegrityNodeStatus],
+    ctx: &Context,
+) -> Result<()> {
+    let api: Api<FileIntegrityNodeStatus> = Api::namespaced(ctx.client.clone(), namespace);
+    for s in orphaned {
+        let name = s.name_any();
+        let node = &s.spec.node_name;
+        tracing::info!(fi = %fi.name_any(), %node, status = %name, "node is gone; deleting its status");
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube(format!(
+                    "deleting FileIntegrityNodeStatus {name}"
+                ))(e));
+            }
+        }
+        ctx.metrics.forget_node(node);
+        ctx.node_events
+            .lock()
+            .expect("node event map poisoned")
+            .remove(&(namespace.to_owned(), fi.name_any(), node.clone()));
+    }
+    Ok(())
+}
+
+/// Publishes a `NodeIntegrityStatus` event for each node whose result says something new
+/// (see [`events::should_reemit`]) and counts it in `node_status_total`.
+async fn publish_node_events(
+    fi: &FileIntegrity,
+    namespace: &str,
+    statuses: &[FileIntegrityNodeStatus],
+    ctx: &Context,
+) {
+    let fi_name = fi.name_any();
+    let due: Vec<(NodeEventId, events::NodeEventKey, &ScanResult)> = {
+        let last = ctx.node_events.lock().expect("node event map poisoned");
+        statuses
+            .iter()
+            .filter_map(|s| {
+                let result = s.spec.last_result.as_ref()?;
+                let id = (
+                    namespace.to_owned(),
+                    fi_name.clone(),
+                    s.spec.node_name.clone(),
+                );
+                let key = events::NodeEventKey::from(result);
+                events::should_reemit(last.get(&id), &key).then_some((id, key, result))
+            })
+            .collect()
+    };
+    for (id, key, result) in due {
+        let node = id.2.as_str();
+        let message = events::node_event_message(node, result);
+        // The Recorder folds events with the same type, reason, action and related object into
+        // one series keeping the first note: the related object is the node and the action
+        // names the result, so each distinct result of each node is its own event.
+        let event = kube::runtime::events::Event {
+            action: node_event_action(&key),
+            secondary: Some(ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Node".to_owned()),
+                name: Some(node.to_owned()),
+                ..ObjectReference::default()
+            }),
+            ..message.into_event()
+        };
+        match ctx.recorder.publish(&event, &fi.object_ref(&())).await {
+            Ok(()) => {
+                ctx.metrics
+                    .node_status_total
+                    .with_label_values(&[key.condition.as_str(), node])
+                    .inc();
+                ctx.node_events
+                    .lock()
+                    .expect("node event map poisoned")
+                    .insert(id, key);
+            }
+            // Best effort: retried on the next reconcile.
+            Err(e) => tracing::warn!(fi = %fi_name, %node, error = %e, "cannot publish node event"),
+        }
+    }
+}
+
+/// The event action of a node result: its condition and counts (at most ~80 bytes, within the
+/// Events API's 128).
+fn node_event_action(key: &events::NodeEventKey) -> String {
+    format!(
+        "{}-a{}-c{}-r{}",
+        key.condition.as_str(),
+        key.added,
+        key.changed,
+        key.removed
+    )
 }
 
 /// Whether node status `s` is one of FileIntegrity `fi_name`'s.
@@ -392,11 +531,60 @@ fn file_integrities_of_config_map(
     refs
 }
 
+/// One item per Node added, deleted or relabelled (not per status heartbeat), from a metadata
+/// watch. After a re-list, one item if anything differs from before.
+fn node_changes(client: Client) -> impl futures::Stream<Item = ()> + Send + 'static {
+    type Labels = Option<BTreeMap<String, String>>;
+    let mut seen: HashMap<String, Labels> = HashMap::new();
+    let mut relist: Option<HashMap<String, Labels>> = None;
+    watcher(
+        Api::<PartialObjectMeta<Node>>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(move |event| {
+        let changed = match event {
+            Ok(watcher::Event::Init) => {
+                relist = Some(HashMap::new());
+                false
+            }
+            Ok(watcher::Event::InitApply(n)) => {
+                if let (Some(list), Some(name)) = (relist.as_mut(), n.metadata.name) {
+                    list.insert(name, n.metadata.labels);
+                }
+                false
+            }
+            Ok(watcher::Event::InitDone) => {
+                let list = relist.take().unwrap_or_default();
+                let changed = list != seen;
+                seen = list;
+                changed
+            }
+            Ok(watcher::Event::Apply(n)) => n.metadata.name.is_some_and(|name| {
+                let labels = n.metadata.labels;
+                seen.insert(name, labels.clone()) != Some(labels)
+            }),
+            Ok(watcher::Event::Delete(n)) => {
+                if let Some(name) = n.metadata.name {
+                    seen.remove(&name);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "node watch");
+                false
+            }
+        };
+        futures::future::ready(changed.then_some(()))
+    })
+}
+
 /// Runs the controller until SIGINT/SIGTERM. `on_ready` is called once the FileIntegrity cache
 /// is filled.
 pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
     let ns = ctx.config.namespace.clone();
     let client = ctx.client.clone();
+    let client_for_nodes = client.clone();
     let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns);
     let controller = Controller::new(fis, watcher::Config::default());
     let store = controller.store();
@@ -432,6 +620,9 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
             watcher::Config::default(),
             |s| owner_of_node_status(&s),
         )
+        // Nodes come and go and change labels: every FileIntegrity re-selects its nodes (and
+        // drops the statuses of deleted ones).
+        .reconcile_all_on(node_changes(client_for_nodes))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -490,5 +681,44 @@ mod tests {
             Some(ObjectRef::new("example").within("kube-fim"))
         );
         assert_eq!(owner_of_node_status(&status(&[], None)), None);
+    }
+
+    #[test]
+    fn node_selector_matches_labels() {
+        let sel = BTreeMap::from([("role".to_owned(), "worker".to_owned())]);
+        let worker = BTreeMap::from([
+            ("role".to_owned(), "worker".to_owned()),
+            ("zone".to_owned(), "a".to_owned()),
+        ]);
+        let other = BTreeMap::from([("role".to_owned(), "infra".to_owned())]);
+        assert!(selects(&sel, Some(&worker)));
+        assert!(!selects(&sel, Some(&other)));
+        assert!(!selects(&sel, None));
+        assert!(selects(&BTreeMap::new(), None), "empty selector: all nodes");
+    }
+
+    #[test]
+    fn node_event_actions_tell_results_apart() {
+        let key = |condition, added| events::NodeEventKey {
+            condition,
+            added,
+            changed: 1,
+            removed: 0,
+        };
+        assert_eq!(
+            node_event_action(&key(ScanCondition::Failed, 1)),
+            "Failed-a1-c1-r0"
+        );
+        assert_ne!(
+            node_event_action(&key(ScanCondition::Failed, 1)),
+            node_event_action(&key(ScanCondition::Failed, 3))
+        );
+        let max = node_event_action(&events::NodeEventKey {
+            condition: ScanCondition::Succeeded,
+            added: i64::MIN,
+            changed: i64::MIN,
+            removed: i64::MIN,
+        });
+        assert!(max.len() <= 128, "{max}");
     }
 }

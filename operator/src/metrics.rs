@@ -16,6 +16,8 @@ pub struct Metrics {
     pub error_total: IntCounterVec,
     /// 1 while a node's latest result is Failed, 0 otherwise; label `node`.
     pub node_failed: IntGaugeVec,
+    /// Node events emitted for a new result; labels `condition` and `node`.
+    pub node_status_total: IntCounterVec,
     /// Failed reconciliations (not a seed-001 metric); label `error`.
     pub reconcile_errors: IntCounterVec,
 }
@@ -50,6 +52,14 @@ impl Metrics {
             &[names::LABEL_NODE],
         )
         .expect("valid metric");
+        let node_status_total = IntCounterVec::new(
+            Opts::new(
+                names::NODE_STATUS_TOTAL,
+                "Node integrity status results announced, by condition",
+            ),
+            &[names::LABEL_CONDITION, names::LABEL_NODE],
+        )
+        .expect("valid metric");
         let reconcile_errors = IntCounterVec::new(
             Opts::new(
                 "file_integrity_operator_reconcile_errors_total",
@@ -62,6 +72,7 @@ impl Metrics {
             Box::new(phase_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(error_total.clone()),
             Box::new(node_failed.clone()),
+            Box::new(node_status_total.clone()),
             Box::new(reconcile_errors.clone()),
         ] {
             registry
@@ -73,6 +84,7 @@ impl Metrics {
             phase_total,
             error_total,
             node_failed,
+            node_status_total,
             reconcile_errors,
         }
     }
@@ -84,6 +96,12 @@ impl Metrics {
                 .with_label_values(&[node.as_str()])
                 .set(i64::from(*failed));
         }
+    }
+
+    /// Drops the `node_failed` series of `node` (its status is gone).
+    pub fn forget_node(&self, node: &str) {
+        // Absent series are fine: nothing to drop.
+        let _ = self.node_failed.remove_label_values(&[node]);
     }
 
     /// The text exposition format.
@@ -108,7 +126,20 @@ mod tests {
             ("a".to_owned(), true),
             ("b".to_owned(), false),
         ]));
+        m.node_status_total
+            .with_label_values(&["Failed", "a"])
+            .inc();
+        m.set_node_failed(&BTreeMap::from([("c".to_owned(), true)]));
+        m.forget_node("c");
+        m.forget_node("never-seen");
         let text = m.render();
+        assert!(
+            text.contains(
+                "file_integrity_operator_node_status_total{condition=\"Failed\",node=\"a\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("node=\"c\""), "{text}");
         assert!(
             text.contains("file_integrity_operator_phase_total{phase=\"Active\"} 1"),
             "{text}"
