@@ -306,8 +306,21 @@ async fn operator_runs_agents_on_selected_nodes_and_reports_phases() {
     // Health and metrics.
     let (code, _) = operator.get("/healthz").await.unwrap();
     assert_eq!(code, 200);
-    let (code, _) = operator.get("/readyz").await.unwrap();
-    assert_eq!(code, 200);
+    // Ready once the controller's caches have synced (signalled asynchronously).
+    wait_for(
+        "the operator to report ready",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = operator.get("/readyz").await?;
+            Ok(if code == 200 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{code} {body}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
     let (code, metrics) = operator.get("/metrics").await.unwrap();
     assert_eq!(code, 200);
     for want in [
