@@ -113,6 +113,21 @@ pub async fn client_with_token(token: &str) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// The names of the kwok nodes cluster-up started (label `type=kwok`), sorted.
+pub async fn kwok_nodes(client: &Client) -> Result<Vec<String>> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&kube::api::ListParams::default().labels("type=kwok"))
+        .await?;
+    let mut names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// A namespace of its own for one test, labelled so leftovers are easy to find. Call `delete` at
 /// the end; cluster-down removes everything anyway.
 pub struct TestNamespace {

@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::Api;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use kube_fim_e2e::{Poll, TestNamespace, apply_crds, client, client_with_token, s3, wait_for};
 use serde_json::json;
 
@@ -61,20 +61,6 @@ async fn crds_become_established_and_admission_names_the_bad_field() {
     );
     assert!(status.message.contains("at least 10"), "{}", status.message);
     ns.delete().await.unwrap();
-}
-
-async fn kwok_nodes(client: &Client) -> Vec<String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let mut names: Vec<String> = nodes
-        .list(&ListParams::default().labels("type=kwok"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
-    names.sort();
-    names
 }
 
 /// A stand-in agent container: kwok runs pods without pulling images.
@@ -136,7 +122,7 @@ async fn running_pod_nodes(pods: &Api<Pod>, app: &str) -> kube_fim_e2e::Result<V
 #[tokio::test]
 async fn daemonset_runs_on_matching_nodes_and_needs_a_toleration_for_a_taint() {
     let client = client().await.unwrap();
-    let all = kwok_nodes(&client).await;
+    let all = kube_fim_e2e::kwok_nodes(&client).await.unwrap();
     assert!(
         all.len() >= 3,
         "cluster-up starts 3 kwok nodes, found {all:?}"
@@ -239,8 +225,9 @@ async fn daemonset_runs_on_matching_nodes_and_needs_a_toleration_for_a_taint() {
 #[tokio::test]
 async fn pod_bound_token_carries_the_node_and_an_admission_policy_can_use_it() {
     let client = client().await.unwrap();
-    let node = kwok_nodes(&client)
+    let node = kube_fim_e2e::kwok_nodes(&client)
         .await
+        .unwrap()
         .into_iter()
         .next()
         .expect("a kwok node");

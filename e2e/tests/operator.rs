@@ -138,20 +138,6 @@ fn file_integrity(name: &str, spec: serde_json::Value) -> FileIntegrity {
     .unwrap()
 }
 
-async fn kwok_nodes(client: &Client) -> Vec<String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let mut names: Vec<String> = nodes
-        .list(&ListParams::default().labels("type=kwok"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
-    names.sort();
-    names
-}
-
 async fn label_nodes(client: &Client, nodes: &[String], label: &str, value: Option<&str>) {
     let api: Api<Node> = Api::all(client.clone());
     for n in nodes {
@@ -199,7 +185,7 @@ fn condition<'a>(
 #[tokio::test]
 async fn operator_runs_agents_on_selected_nodes_and_reports_phases() {
     let client = client().await.unwrap();
-    let all = kwok_nodes(&client).await;
+    let all = kube_fim_e2e::kwok_nodes(&client).await.unwrap();
     assert!(
         all.len() >= 3,
         "cluster-up starts 3 kwok nodes, found {all:?}"
@@ -478,7 +464,7 @@ async fn wait_for_metric(operator: &Operator, want: &str) {
 #[tokio::test]
 async fn node_results_become_events_and_metrics_and_leave_with_their_node() {
     let client = client().await.unwrap();
-    let all = kwok_nodes(&client).await;
+    let all = kube_fim_e2e::kwok_nodes(&client).await.unwrap();
     assert!(!all.is_empty(), "cluster-up starts kwok nodes");
     let ns = namespace_with_agent_account(&client, "op-results").await;
     let label = format!("e2e.kubefim.io/{}", ns.name);
