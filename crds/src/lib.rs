@@ -5,6 +5,7 @@
 //! test fails when it drifts.
 
 pub mod labels;
+pub mod reinit;
 pub mod v1alpha1;
 
 pub use v1alpha1::*;

@@ -26,16 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use kube_fim_crds::{FileIntegrity, FileIntegrityNodeStatus, labels};
-use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
-
-/// Annotation on a FileIntegrity, owned by the operator: the current (or last) [`ReinitRequest`]
-/// as JSON.
-pub const REQUEST_ANNOTATION: &str = "fim.kubefim.io/re-init-request";
-/// Annotation on a FileIntegrityNodeStatus, owned by the agent: id of the latest request whose
-/// re-baseline it completed.
-pub const ACK_ANNOTATION: &str = "fim.kubefim.io/re-init-ack";
 
 /// Nodes named by a `fim.kubefim.io/re-init` value.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -87,41 +79,13 @@ pub fn parse_targets(value: &str, selected: &BTreeSet<String>) -> ReinitTargets 
     }
 }
 
-/// A numbered re-init request (see the module documentation).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReinitRequest {
-    /// Grows by one per request, never reused.
-    pub id: u64,
-    /// The `fim.kubefim.io/re-init` value the request was made from.
-    pub annotation: String,
-    /// Nodes to re-initialise, fixed when the request is made.
-    pub nodes: BTreeSet<String>,
-    /// Every targeted node acknowledged and the user annotation was removed.
-    #[serde(default)]
-    pub done: bool,
-}
+pub use kube_fim_crds::reinit::{
+    ACK_ANNOTATION, REQUEST_ANNOTATION, ReinitRequest, acknowledged_id,
+};
 
-impl ReinitRequest {
-    /// The request recorded on `fi`, if any.
-    pub fn from_file_integrity(fi: &FileIntegrity) -> Result<Option<Self>> {
-        fi.annotations()
-            .get(REQUEST_ANNOTATION)
-            .map(|json| serde_json::from_str(json).map_err(Error::InvalidReinitRequest))
-            .transpose()
-    }
-
-    /// The annotation value recording this request.
-    pub fn to_annotation(&self) -> String {
-        serde_json::to_string(self).expect("a ReinitRequest always serializes")
-    }
-
-    /// This request, completed.
-    pub fn completed(&self) -> Self {
-        Self {
-            done: true,
-            ..self.clone()
-        }
-    }
+/// The request recorded on `fi`, if any.
+pub fn recorded_request(fi: &FileIntegrity) -> Result<Option<ReinitRequest>> {
+    ReinitRequest::from_file_integrity(fi).map_err(Error::InvalidReinitRequest)
 }
 
 /// The request the operator should record, given the user annotation and the recorded request.
@@ -147,17 +111,6 @@ pub fn plan_request(
         done: false,
     };
     Some((request, targets))
-}
-
-/// Request id a node status acknowledges; `None` when absent or unreadable (then the node
-/// simply counts as not acknowledged and the agent rewrites it).
-pub fn acknowledged_id(status: &FileIntegrityNodeStatus) -> Option<u64> {
-    status
-        .annotations()
-        .get(ACK_ANNOTATION)?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Acknowledged request id per node.
@@ -274,11 +227,11 @@ metadata:
     fn annotation_is_read_from_the_object() {
         let fi = fi_with_annotations("    fim.kubefim.io/re-init: 'node-a'");
         assert_eq!(reinit_annotation(&fi), Some("node-a"));
-        assert_eq!(ReinitRequest::from_file_integrity(&fi).unwrap(), None);
+        assert_eq!(recorded_request(&fi).unwrap(), None);
 
         let fi = fi_with_annotations("    fim.kubefim.io/re-init-request: 'not json'");
         assert!(matches!(
-            ReinitRequest::from_file_integrity(&fi),
+            recorded_request(&fi),
             Err(Error::InvalidReinitRequest(_))
         ));
     }
@@ -297,7 +250,7 @@ metadata:
             "    fim.kubefim.io/re-init-request: '{}'",
             first.to_annotation()
         ));
-        let recorded = ReinitRequest::from_file_integrity(&fi).unwrap().unwrap();
+        let recorded = recorded_request(&fi).unwrap().unwrap();
         assert_eq!(recorded, first);
 
         // Same value while in progress: nothing to do.
