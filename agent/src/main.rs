@@ -134,7 +134,7 @@ impl From<ScanError> for Failure {
     fn from(e: ScanError) -> Self {
         match e {
             ScanError::Db(e) => e.into(),
-            ScanError::Root { .. } | ScanError::Threads(_) => Failure {
+            ScanError::Root { .. } | ScanError::Threads(_) | ScanError::ScopedBaseline => Failure {
                 code: exit::INVALID_ARGUMENT,
                 message: e.to_string(),
             },

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::db::{DbError, DbReader, DbWriter};
 use crate::diff::{AttrChange, compare, summary_string};
 use crate::entry::{Collected, Entry, FileType, collect_with_stat};
+use crate::scope::Scope;
 pub use crate::walk::Issue;
 use crate::walk::{Candidate, RootMap, walk};
 
@@ -27,6 +28,8 @@ pub struct ScanOptions {
     pub incremental: bool,
     pub progress: bool,
     pub threads: usize,
+    /// Only these paths (a realtime rescan); such a scan never writes a baseline.
+    pub scope: Option<Scope>,
 }
 
 impl ScanOptions {
@@ -38,6 +41,7 @@ impl ScanOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            scope: None,
         }
     }
 }
@@ -99,6 +103,8 @@ pub enum ScanError {
     Threads(String),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("a scan limited to some paths cannot write a baseline")]
+    ScopedBaseline,
 }
 
 thread_local! {
@@ -114,6 +120,9 @@ pub fn scan(
     output: Option<DbWriter>,
 ) -> Result<Outcome, ScanError> {
     let started = Instant::now();
+    if opts.scope.is_some() && output.is_some() {
+        return Err(ScanError::ScopedBaseline);
+    }
     std::fs::read_dir(&opts.root).map_err(|source| ScanError::Root {
         root: opts.root.clone(),
         source,
@@ -124,7 +133,7 @@ pub fn scan(
         .build()
         .map_err(|e| ScanError::Threads(e.to_string()))?;
     let map = RootMap::new(&opts.root);
-    let (candidates, walk_issues) = pool.install(|| walk(&config.rules, &map));
+    let (candidates, walk_issues) = pool.install(|| walk(&config.rules, &map, opts.scope.as_ref()));
     let mut outcome = Outcome {
         issues: walk_issues,
         baseline_digest: baseline.as_ref().map(|b| b.digest.clone()),
@@ -133,6 +142,7 @@ pub fn scan(
     let progress = progress_bar(opts.progress, candidates.len() as u64);
     let mut merger = Merger {
         config,
+        scope: opts.scope.as_ref(),
         baseline: baseline.as_mut(),
         pending: None,
         output,
@@ -231,6 +241,8 @@ fn process(
 /// Walks the baseline stream alongside the sorted scan results.
 struct Merger<'a> {
     config: &'a Config,
+    /// Baseline entries outside it are neither compared nor reported.
+    scope: Option<&'a Scope>,
     baseline: Option<&'a mut DbReader>,
     pending: Option<Entry>,
     output: Option<DbWriter>,
@@ -242,10 +254,15 @@ impl Merger<'_> {
         if let Some(e) = self.pending.take() {
             return Ok(Some(e));
         }
-        match self.baseline.as_deref_mut() {
-            Some(b) => b.next_entry(),
-            None => Ok(None),
+        let Some(baseline) = self.baseline.as_deref_mut() else {
+            return Ok(None);
+        };
+        while let Some(old) = baseline.next_entry()? {
+            if self.scope.is_none_or(|s| s.contains(&old.path)) {
+                return Ok(Some(old));
+            }
         }
+        Ok(None)
     }
 
     /// The baseline entries for a batch, aligned with it.

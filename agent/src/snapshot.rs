@@ -71,7 +71,7 @@ fn snapshot_in_pool(
     rules: &Rules,
     algorithm: Algorithm,
 ) -> Result<String, SnapshotError> {
-    let (files, issues) = walk(rules, map);
+    let (files, issues) = walk(rules, map, None);
     if let Some(issue) = issues.first() {
         return Err(SnapshotError::Read {
             path: display_bytes(&issue.path),

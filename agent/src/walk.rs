@@ -15,6 +15,7 @@ use rustix::io::Errno;
 
 use crate::entry::{FileType, Stat};
 use crate::rules::Rules;
+use crate::scope::{Relation, Scope};
 
 /// An entry the rules selected: its node path, the rule that applies, and what lstat said.
 #[derive(Clone, Debug)]
@@ -65,16 +66,19 @@ impl RootMap {
 struct Walk<'a> {
     rules: &'a Rules,
     map: &'a RootMap,
+    scope: Option<&'a Scope>,
     found: Mutex<Vec<Candidate>>,
     issues: Mutex<Vec<Issue>>,
 }
 
 /// Walks the tree under `map.root()` on the current rayon pool, returning the selected entries
-/// sorted by path.
-pub fn walk(rules: &Rules, map: &RootMap) -> (Vec<Candidate>, Vec<Issue>) {
+/// sorted by path. With a `scope`, only the scoped paths are returned (and only the directories
+/// leading to them are listed).
+pub fn walk(rules: &Rules, map: &RootMap, scope: Option<&Scope>) -> (Vec<Candidate>, Vec<Issue>) {
     let w = Walk {
         rules,
         map,
+        scope,
         found: Mutex::new(Vec::new()),
         issues: Mutex::new(Vec::new()),
     };
@@ -82,7 +86,8 @@ pub fn walk(rules: &Rules, map: &RootMap) -> (Vec<Candidate>, Vec<Issue>) {
         Ok(st) => {
             let stat = Stat::from_rustix(&st);
             let ftype = stat.file_type();
-            if let Some(rule) = rules.select(b"/", ftype) {
+            let (collect, descend) = w.relation(b"/");
+            if let Some(rule) = rules.select(b"/", ftype).filter(|_| collect) {
                 w.found.lock().expect("walk lock").push(Candidate {
                     path: b"/".as_slice().into(),
                     rule: rule as u32,
@@ -90,7 +95,7 @@ pub fn walk(rules: &Rules, map: &RootMap) -> (Vec<Candidate>, Vec<Issue>) {
                     stat,
                 });
             }
-            if ftype == FileType::Directory && rules.may_descend(b"/") {
+            if descend && ftype == FileType::Directory && rules.may_descend(b"/") {
                 rayon::scope(|s| w.visit_dir(s, b"/".to_vec()));
             }
         }
@@ -104,6 +109,18 @@ pub fn walk(rules: &Rules, map: &RootMap) -> (Vec<Candidate>, Vec<Issue>) {
 }
 
 impl<'a> Walk<'a> {
+    /// Whether to collect `path`, and whether to descend into it (if it is a directory).
+    fn relation(&self, path: &[u8]) -> (bool, bool) {
+        match self
+            .scope
+            .map_or(Relation::Inside { descend: true }, |s| s.relation(path))
+        {
+            Relation::Inside { descend } => (true, descend),
+            Relation::Ancestor => (false, true),
+            Relation::Outside => (false, false),
+        }
+    }
+
     fn issue(&self, path: &[u8], e: Errno) {
         let message = std::io::Error::from(e).to_string();
         self.issues.lock().expect("walk lock").push(Issue {
@@ -144,6 +161,10 @@ impl<'a> Walk<'a> {
             }
             child.truncate(base_len);
             child.extend_from_slice(name.to_bytes());
+            let (collect, descend) = self.relation(&child);
+            if !collect && !descend {
+                continue;
+            }
             let stat = match dir
                 .fd()
                 .and_then(|fd| rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW))
@@ -159,7 +180,7 @@ impl<'a> Walk<'a> {
             if self.rules.is_excluded(&child, ftype) {
                 continue;
             }
-            if let Some(rule) = self.rules.selecting_rule(&child, ftype) {
+            if let Some(rule) = self.rules.selecting_rule(&child, ftype).filter(|_| collect) {
                 local.push(Candidate {
                     path: child.as_slice().into(),
                     rule: rule as u32,
@@ -167,7 +188,7 @@ impl<'a> Walk<'a> {
                     stat,
                 });
             }
-            if ftype == FileType::Directory && self.rules.may_descend(&child) {
+            if descend && ftype == FileType::Directory && self.rules.may_descend(&child) {
                 let sub = child.clone();
                 scope.spawn(move |s| self.visit_dir(s, sub));
             }
