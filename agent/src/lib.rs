@@ -3,6 +3,7 @@
 
 pub mod attrs;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod diff;
 pub mod entry;

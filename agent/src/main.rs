@@ -43,6 +43,8 @@ enum Command {
     Update(CheckArgs),
     /// Write an integrity-sum image snapshot: `<hex>  <path>` for every file under the given dirs.
     Snapshot(SnapshotArgs),
+    /// Run as the node agent of a FileIntegrity (what the operator's DaemonSet starts).
+    Daemon(fim_agent::daemon::DaemonArgs),
 }
 
 #[derive(Args)]
@@ -169,7 +171,35 @@ fn run(command: Command) -> Result<u8, Failure> {
         Command::Check(c) => run_scan("check", &c.common, c.incremental, false),
         Command::Update(c) => run_scan("update", &c.common, c.incremental, false),
         Command::Snapshot(s) => run_snapshot(&s),
+        Command::Daemon(d) => run_daemon(d),
     }
+}
+
+fn run_daemon(args: fim_agent::daemon::DaemonArgs) -> Result<u8, Failure> {
+    let default = if args.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .init();
+    // kube's rustls needs one process-wide crypto provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: exit::INVALID_ARGUMENT,
+            message: format!("cannot start the runtime: {e}"),
+        })?;
+    runtime
+        .block_on(fim_agent::daemon::run(args))
+        .map(|()| 0)
+        .map_err(|e| Failure {
+            code: exit::INVALID_ARGUMENT,
+            message: e.to_string(),
+        })
 }
 
 fn load_config(c: &Common) -> Result<Config, Failure> {

@@ -209,6 +209,29 @@ impl Rules {
         self.select(path, ftype)
     }
 
+    /// The directories a change watcher must cover: the tree node of every selecting rule (its
+    /// literal prefix up to the last `/`), without those inside another. Node paths.
+    pub fn watch_roots(&self) -> Vec<Vec<u8>> {
+        let mut nodes: Vec<Vec<u8>> = self
+            .rules
+            .iter()
+            .filter(|r| r.kind != RuleKind::Negative)
+            .map(|r| if r.node.is_empty() { b"/".to_vec() } else { r.node.clone() })
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        let mut roots: Vec<Vec<u8>> = Vec::new();
+        for node in nodes {
+            let inside = roots.iter().any(|r| {
+                r == b"/" || node.strip_prefix(r.as_slice()).is_some_and(|rest| rest.starts_with(b"/"))
+            });
+            if !inside {
+                roots.push(node);
+            }
+        }
+        roots
+    }
+
     /// Whether a directory may contain selected entries: some selecting rule's literal prefix lies
     /// on the same branch of the tree as the directory.
     pub fn may_descend(&self, dir: &[u8]) -> bool {
@@ -237,6 +260,21 @@ mod tests {
 
     const F: FileType = FileType::Regular;
     const D: FileType = FileType::Directory;
+
+    #[test]
+    fn watch_roots_are_the_outermost_rule_directories() {
+        let a = AttrSet::default();
+        let r = rules(vec![
+            rule(RuleKind::Regular, "/etc/", a),
+            rule(RuleKind::Regular, "/etc/ssh/sshd_config$", a),
+            rule(RuleKind::Equals, "/usr/bin/.*", a),
+            rule(RuleKind::Negative, "/var/log", a),
+            rule(RuleKind::Regular, "/etcetera/x", a),
+        ]);
+        assert_eq!(r.watch_roots(), [b"/etc".to_vec(), b"/etcetera".to_vec(), b"/usr/bin".to_vec()]);
+        let all = rules(vec![rule(RuleKind::Regular, "/", a), rule(RuleKind::Regular, "/boot/", a)]);
+        assert_eq!(all.watch_roots(), [b"/".to_vec()]);
+    }
 
     #[test]
     fn regular_rule_matches_prefix_and_children() {

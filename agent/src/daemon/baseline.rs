@@ -1,0 +1,262 @@
+//! The baseline of one FileIntegrity on this node, kept under `--db-dir/<fileintegrity>/`:
+//!
+//! ```text
+//! baseline.db             the database checks compare against
+//! baseline.conf           the rules it was made with (their digest is in the database header)
+//! backups/<time>.db       earlier baselines, kept at most `maxBackups` (with their .conf)
+//! reports/latest.txt      the full text of the latest failure report
+//! ```
+//!
+//! The database's digest is recorded in the node status. Whether the file on disk may be used is
+//! decided by [`assess`] from that record alone: a baseline that changed or vanished without a
+//! re-init request is an error, never silently replaced.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::db::{DbReader, file_digest};
+
+/// What to do with the baseline on disk, given the digest recorded in the node status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assessment {
+    /// Neither a database nor a record: create the first baseline.
+    Initialise,
+    /// The database is the recorded one (or, with no record yet, the one to record).
+    Use { digest: String },
+    /// Something is wrong; scans stop until a re-init request.
+    Broken { reason: String },
+}
+
+/// Decides whether the baseline on disk can be used. `on_disk` is the digest of the database
+/// file (or the error reading it), `recorded` the digest in the node status.
+pub fn assess(
+    db: &Path,
+    on_disk: Option<Result<String, String>>,
+    recorded: Option<&str>,
+) -> Assessment {
+    match (on_disk, recorded) {
+        (None, None) => Assessment::Initialise,
+        (None, Some(recorded)) => Assessment::Broken {
+            reason: format!(
+                "the baseline database {} is missing, but the node status records baseline \
+                 {recorded}; it was removed outside a re-init request. Annotate the \
+                 FileIntegrity with fim.kubefim.io/re-init to create a new baseline",
+                db.display()
+            ),
+        },
+        (Some(Err(e)), _) => Assessment::Broken {
+            reason: format!(
+                "the baseline database {} cannot be used: {e}; it is kept for inspection. \
+                 Annotate the FileIntegrity with fim.kubefim.io/re-init to create a new baseline",
+                db.display()
+            ),
+        },
+        (Some(Ok(digest)), Some(recorded)) if digest != recorded => Assessment::Broken {
+            reason: format!(
+                "the baseline database {} has digest {digest} but the node status records \
+                 {recorded}: it was replaced or modified outside a re-init request. It is kept \
+                 for inspection; annotate the FileIntegrity with fim.kubefim.io/re-init to \
+                 create a new baseline",
+                db.display()
+            ),
+        },
+        // With no record (a first report that never reached the API server), the database this
+        // agent wrote is adopted and recorded.
+        (Some(Ok(digest)), _) => Assessment::Use { digest },
+    }
+}
+
+/// The baseline files of one FileIntegrity.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(db_dir: &Path, file_integrity: &str) -> Store {
+        Store {
+            dir: db_dir.join(file_integrity),
+        }
+    }
+
+    pub fn create_dirs(&self) -> io::Result<()> {
+        fs::create_dir_all(self.dir.join("backups"))?;
+        fs::create_dir_all(self.dir.join("reports"))
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("baseline.db")
+    }
+
+    pub fn rules(&self) -> PathBuf {
+        self.dir.join("baseline.conf")
+    }
+
+    pub fn report(&self) -> PathBuf {
+        self.dir.join("reports").join("latest.txt")
+    }
+
+    fn backups(&self) -> PathBuf {
+        self.dir.join("backups")
+    }
+
+    /// The database's digest, `None` when there is none, or why it cannot be read. Opening it
+    /// also verifies its checksum.
+    pub fn digest_on_disk(&self) -> Option<Result<String, String>> {
+        let db = self.database();
+        match fs::symlink_metadata(&db) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(e.to_string())),
+            Ok(_) => Some(
+                DbReader::open(&db)
+                    .map(|r| r.digest)
+                    .map_err(|e| e.to_string()),
+            ),
+        }
+    }
+
+    /// Moves the current database and rules (if any) into `backups/` under `stamp`, then keeps
+    /// only the newest `keep` backups. Returns the backups removed.
+    pub fn back_up(&self, stamp: &str, keep: usize) -> io::Result<Vec<PathBuf>> {
+        for (file, ext) in [(self.database(), "db"), (self.rules(), "conf")] {
+            if file.exists() {
+                fs::rename(&file, self.backups().join(format!("{stamp}.{ext}")))?;
+            }
+        }
+        self.prune(keep)
+    }
+
+    /// Backup stamps, oldest first.
+    pub fn backup_stamps(&self) -> io::Result<Vec<String>> {
+        let mut stamps: Vec<String> = match fs::read_dir(self.backups()) {
+            Ok(dir) => dir
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_suffix(".db").map(str::to_owned)
+                })
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        stamps.sort();
+        Ok(stamps)
+    }
+
+    fn prune(&self, keep: usize) -> io::Result<Vec<PathBuf>> {
+        let stamps = self.backup_stamps()?;
+        let excess = stamps.len().saturating_sub(keep);
+        let mut removed = Vec::new();
+        for stamp in &stamps[..excess] {
+            for ext in ["db", "conf"] {
+                let path = self.backups().join(format!("{stamp}.{ext}"));
+                match fs::remove_file(&path) {
+                    Ok(()) => removed.push(path),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes temporary files of database writes that never finished (the agent was killed).
+    pub fn remove_stale_temporaries(&self) -> io::Result<()> {
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name().as_encoded_bytes().starts_with(b".fim-db-") {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Digest of the database (for records), recomputed from the file.
+    pub fn file_digest(&self) -> Result<String, String> {
+        file_digest(&self.database()).map_err(|e| e.to_string())
+    }
+}
+
+/// A sortable, filesystem-safe timestamp for backup names (`20261122T101502.123Z`).
+pub fn stamp(now: std::time::SystemTime) -> String {
+    let t = k8s_openapi::jiff::Timestamp::try_from(now).unwrap_or_default();
+    t.strftime("%Y%m%dT%H%M%S%.3fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DB: &str = "/var/lib/kube-fim/fi/baseline.db";
+
+    #[test]
+    fn no_database_and_no_record_initialises() {
+        assert_eq!(assess(Path::new(DB), None, None), Assessment::Initialise);
+    }
+
+    #[test]
+    fn the_recorded_database_is_used() {
+        let a = assess(Path::new(DB), Some(Ok("abc".into())), Some("abc"));
+        assert_eq!(a, Assessment::Use { digest: "abc".into() });
+    }
+
+    #[test]
+    fn a_database_without_record_is_adopted() {
+        let a = assess(Path::new(DB), Some(Ok("abc".into())), None);
+        assert_eq!(a, Assessment::Use { digest: "abc".into() });
+    }
+
+    #[test]
+    fn a_replaced_database_is_broken_and_says_why() {
+        let Assessment::Broken { reason } =
+            assess(Path::new(DB), Some(Ok("evil".into())), Some("abc"))
+        else {
+            panic!("not broken")
+        };
+        assert!(reason.contains("has digest evil but the node status records abc"), "{reason}");
+        assert!(reason.contains(DB) && reason.contains("fim.kubefim.io/re-init"), "{reason}");
+    }
+
+    #[test]
+    fn a_missing_database_with_a_record_is_broken() {
+        let Assessment::Broken { reason } = assess(Path::new(DB), None, Some("abc")) else {
+            panic!("not broken")
+        };
+        assert!(reason.contains("is missing") && reason.contains("abc"), "{reason}");
+    }
+
+    #[test]
+    fn an_unreadable_database_is_broken_even_without_record() {
+        let a = assess(Path::new(DB), Some(Err("checksum mismatch".into())), None);
+        assert!(matches!(a, Assessment::Broken { reason } if reason.contains("checksum mismatch")));
+    }
+
+    #[test]
+    fn backups_are_pruned_to_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path(), "fi");
+        store.create_dirs().unwrap();
+        for i in 0..4 {
+            fs::write(store.database(), format!("db {i}")).unwrap();
+            fs::write(store.rules(), format!("conf {i}")).unwrap();
+            store.back_up(&format!("2026010{i}T000000.000Z"), 2).unwrap();
+        }
+        assert_eq!(
+            store.backup_stamps().unwrap(),
+            ["20260102T000000.000Z", "20260103T000000.000Z"]
+        );
+        let kept = dir.path().join("fi/backups/20260103T000000.000Z.conf");
+        assert_eq!(fs::read_to_string(kept).unwrap(), "conf 3");
+        assert!(!store.database().exists(), "moved into backups/");
+        assert_eq!(store.digest_on_disk(), None);
+    }
+
+    #[test]
+    fn stamps_sort_in_time_order() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
+        let later = t + std::time::Duration::from_secs(1);
+        assert!(stamp(t) < stamp(later));
+        assert_eq!(stamp(t).len(), "20261122T101502.123Z".len());
+    }
+}

@@ -1,0 +1,577 @@
+//! The scanning thread: runs one job at a time (initialise, check, realtime rescan, re-init),
+//! keeps the baseline and the current findings, and hands each result to the publisher.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::Receiver;
+use k8s_openapi::jiff::Timestamp;
+use kube_fim_crds::FileIntegrityNodeStatusFields;
+use tokio::sync::watch;
+
+use super::api::NodeApi;
+use super::baseline::{self, Assessment, Store};
+use super::findings::Findings;
+use super::metrics::Metrics;
+use super::status::{self, BaselineRecord, Owner, Report};
+use super::Publication;
+use crate::config::{Config, ParseContext};
+use crate::db::{DbReader, DbWriter, FORMAT_VERSION, Header};
+use crate::failure_report::{self, Limits, failure_config_map_data};
+use crate::report::{self, ReportContext};
+use crate::scan::{Outcome, ScanOptions, ScanStats, scan};
+use crate::scope::Scope;
+
+/// Rescans naming more paths than this become an incremental check of everything.
+const MAX_SCOPE: usize = 2000;
+
+/// What the worker is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// A periodic check; `full` forces a rehash of every file.
+    Check { full: bool },
+    /// Rescan these node paths (from the change watcher).
+    Rescan { paths: Vec<Vec<u8>> },
+    /// Back up and re-create the baseline, then acknowledge request `id`.
+    Reinit { id: u64 },
+    Stop,
+}
+
+/// Jobs waiting at the same time, folded into what actually has to run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub reinit: Option<u64>,
+    pub check: Option<bool>,
+    pub rescan: Vec<Vec<u8>>,
+    pub stop: bool,
+}
+
+impl Pending {
+    pub fn add(&mut self, job: Job) {
+        match job {
+            Job::Stop => self.stop = true,
+            Job::Reinit { id } => self.reinit = Some(self.reinit.map_or(id, |r| r.max(id))),
+            Job::Check { full } => self.check = Some(self.check.unwrap_or(false) || full),
+            Job::Rescan { paths } => self.rescan.extend(paths),
+        }
+    }
+}
+
+/// Pauses scanning (maintenance): the FileIntegrity's holdoff annotation, a cordoned node.
+#[derive(Debug, Default)]
+pub struct Control {
+    pub holdoff: AtomicBool,
+    pub cordoned: AtomicBool,
+}
+
+impl Control {
+    pub fn paused(&self) -> bool {
+        self.holdoff.load(Ordering::SeqCst) || self.cordoned.load(Ordering::SeqCst)
+    }
+}
+
+/// Settings of the worker.
+pub struct Settings {
+    pub root: PathBuf,
+    pub node: String,
+    pub threads: usize,
+    pub max_backups: usize,
+    pub full_scan_every: Option<Duration>,
+}
+
+enum State {
+    /// No baseline yet (or its rules could not be read): the next check initialises.
+    NoBaseline,
+    Ready {
+        config: Box<Config>,
+        baseline: BaselineRecord,
+        findings: Findings,
+        stats: ScanStats,
+    },
+    /// The baseline cannot be trusted; only a re-init request gets out of here.
+    Broken { reason: String },
+}
+
+pub struct Worker {
+    pub settings: Settings,
+    pub store: Store,
+    pub api: NodeApi,
+    pub runtime: tokio::runtime::Handle,
+    pub control: Arc<Control>,
+    pub metrics: Arc<Metrics>,
+    pub publish: watch::Sender<Option<Publication>>,
+    pub owner: Owner,
+    /// The agent's copy of its node status.
+    pub fields: FileIntegrityNodeStatusFields,
+    pub acknowledged: Option<u64>,
+    /// A re-init request pending at start: the first baseline answers it.
+    pub initial_request: Option<u64>,
+    state: State,
+    last_full: Option<Instant>,
+    sequence: u64,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        api: NodeApi,
+        runtime: tokio::runtime::Handle,
+        control: Arc<Control>,
+        metrics: Arc<Metrics>,
+        publish: watch::Sender<Option<Publication>>,
+        owner: Owner,
+        fields: FileIntegrityNodeStatusFields,
+        acknowledged: Option<u64>,
+    ) -> Worker {
+        Worker {
+            settings,
+            store,
+            api,
+            runtime,
+            control,
+            metrics,
+            publish,
+            owner,
+            fields,
+            acknowledged,
+            initial_request: None,
+            state: State::NoBaseline,
+            last_full: None,
+            sequence: 0,
+        }
+    }
+
+    /// Runs until a [`Job::Stop`] or the job channel closes.
+    pub fn run(mut self, jobs: Receiver<Job>) {
+        self.start();
+        while let Ok(job) = jobs.recv() {
+            let mut pending = Pending::default();
+            pending.add(job);
+            for more in jobs.try_iter() {
+                pending.add(more);
+            }
+            if pending.stop {
+                break;
+            }
+            if let Some(id) = pending.reinit.filter(|id| self.acknowledged < Some(*id)) {
+                self.initialise(Some(id));
+                continue;
+            }
+            if self.control.paused() {
+                tracing::debug!("maintenance: scan skipped");
+                continue;
+            }
+            if let Some(full) = pending.check {
+                self.check(full);
+            } else if !pending.rescan.is_empty() {
+                self.rescan(pending.rescan);
+            }
+        }
+        tracing::info!("scanner stopped");
+    }
+
+    /// Decides what the baseline on disk is worth, then initialises or checks.
+    fn start(&mut self) {
+        if let Err(e) = self
+            .store
+            .create_dirs()
+            .and_then(|()| self.store.remove_stale_temporaries())
+        {
+            return self.broken(format!(
+                "cannot prepare the baseline directory {}: {e}",
+                self.store.database().display()
+            ));
+        }
+        let recorded = self.fields.baseline_digest.clone();
+        match baseline::assess(
+            &self.store.database(),
+            self.store.digest_on_disk(),
+            recorded.as_deref(),
+        ) {
+            Assessment::Initialise => self.initialise(self.initial_request),
+            Assessment::Broken { reason } => self.broken(reason),
+            Assessment::Use { digest } => match self.load(digest) {
+                Ok(()) => {
+                    if !self.control.paused() {
+                        self.check(false)
+                    }
+                }
+                Err(reason) => self.broken(reason),
+            },
+        }
+    }
+
+    /// Loads the rules the baseline `digest` was made with, checking they are the recorded ones.
+    fn load(&mut self, digest: String) -> Result<(), String> {
+        let db = self.store.database();
+        let header = DbReader::open(&db).map_err(|e| e.to_string())?.header;
+        let rules_path = self.store.rules();
+        let text = std::fs::read_to_string(&rules_path)
+            .map_err(|e| format!("cannot read {}: {e}", rules_path.display()))?;
+        let config = self.parse(&text).map_err(|e| e.to_string())?;
+        if config.digest() != header.config_digest {
+            return Err(format!(
+                "the rules {} do not match the baseline (digest {} but the database was made \
+                 with {}): they were modified outside a re-init request",
+                rules_path.display(),
+                config.digest(),
+                header.config_digest
+            ));
+        }
+        let created = Timestamp::from_second(header.created).unwrap_or_default();
+        self.state = State::Ready {
+            config: Box::new(config),
+            baseline: BaselineRecord { digest, created },
+            findings: Findings::default(),
+            stats: ScanStats::default(),
+        };
+        Ok(())
+    }
+
+    fn parse(&self, text: &str) -> Result<Config, crate::config::ConfigError> {
+        let ctx = ParseContext {
+            root: Some(self.settings.root.clone()),
+            hostname: self.settings.node.clone(),
+        };
+        Config::parse(text, "aide.conf", &ctx)
+    }
+
+    /// Creates a new baseline with the current rules (backing up the old one) and, for a re-init
+    /// request, acknowledges it.
+    fn initialise(&mut self, request: Option<u64>) {
+        let text = match self.runtime.block_on(self.api.rules()) {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing is lost: the old baseline (if any) stays in place.
+                return self.errored(format!("cannot create the baseline: {e}"));
+            }
+        };
+        let config = match self.parse(&text) {
+            Ok(c) => c,
+            Err(e) => return self.errored(format!("cannot create the baseline: {e}")),
+        };
+        let started = Instant::now();
+        let now = SystemTime::now();
+        let result = (|| -> Result<(String, Outcome), String> {
+            if self.store.database().exists() {
+                let removed = self
+                    .store
+                    .back_up(&baseline::stamp(now), self.settings.max_backups)
+                    .map_err(|e| format!("cannot back up the baseline: {e}"))?;
+                for path in removed {
+                    tracing::info!(path = %path.display(), "old backup removed");
+                }
+            }
+            let header = Header {
+                format_version: FORMAT_VERSION,
+                created: Timestamp::try_from(now).unwrap_or_default().as_second(),
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+                config_digest: config.digest(),
+                root: self.settings.root.display().to_string(),
+            };
+            let out = DbWriter::create(&self.store.database(), &header)
+                .map_err(|e| e.to_string())?;
+            let outcome = scan(&config, &self.scan_options(false, None), None, Some(out))
+                .map_err(|e| format!("the initial scan failed: {e}"))?;
+            write_atomically(&self.store.rules(), text.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", self.store.rules().display()))?;
+            let digest = outcome.written_digest.clone().unwrap_or_default();
+            Ok((digest, outcome))
+        })();
+        let (digest, outcome) = match result {
+            Ok(r) => r,
+            Err(reason) => {
+                self.metrics
+                    .scans
+                    .with_label_values(&["init", "errored"])
+                    .inc();
+                // A failed initialisation leaves no usable baseline behind.
+                self.state = State::NoBaseline;
+                return self.errored(reason);
+            }
+        };
+        self.observe("init", started, &outcome.stats, "succeeded");
+        tracing::info!(digest, entries = outcome.stats.entries, "baseline created");
+        let record = BaselineRecord {
+            digest,
+            created: Timestamp::try_from(now).unwrap_or_default(),
+        };
+        if request.is_some() {
+            self.acknowledged = request;
+        }
+        self.last_full = Some(started);
+        self.state = State::Ready {
+            config: Box::new(config),
+            baseline: record,
+            findings: Findings::default(),
+            stats: outcome.stats,
+        };
+        self.publish_findings();
+    }
+
+    fn check(&mut self, force_full: bool) {
+        match &self.state {
+            State::NoBaseline => return self.initialise(self.initial_request),
+            // Repeated so the record stays current (lastProbeTime) until a re-init request.
+            State::Broken { reason } => return self.errored(reason.clone()),
+            State::Ready { .. } => {}
+        }
+        let full = force_full
+            || match (self.settings.full_scan_every, self.last_full) {
+                (Some(every), Some(last)) => last.elapsed() >= every,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+        let kind = if full { "full" } else { "incremental" };
+        let started = Instant::now();
+        let Some(reader) = self.open_verified() else {
+            return;
+        };
+        let State::Ready { config, .. } = &self.state else {
+            return;
+        };
+        let result = scan(config, &self.scan_options(!full, None), Some(reader), None);
+        match result {
+            Ok(outcome) => {
+                let findings = Findings::from_outcome(&outcome);
+                let verdict = if findings.is_clean() { "succeeded" } else { "failed" };
+                self.observe(kind, started, &outcome.stats, verdict);
+                if full {
+                    self.last_full = Some(started);
+                }
+                if let State::Ready {
+                    findings: f, stats, ..
+                } = &mut self.state
+                {
+                    *f = findings;
+                    *stats = outcome.stats;
+                }
+                self.publish_findings();
+            }
+            Err(e) => {
+                self.metrics.scans.with_label_values(&[kind, "errored"]).inc();
+                self.errored(format!("the {kind} check failed: {e}"));
+            }
+        }
+    }
+
+    fn rescan(&mut self, paths: Vec<Vec<u8>>) {
+        let scope = Scope::of_changes(paths.iter().map(Vec::as_slice));
+        if scope.len() > MAX_SCOPE || !matches!(self.state, State::Ready { .. }) {
+            return self.check(false);
+        }
+        let started = Instant::now();
+        let Some(reader) = self.open_verified() else {
+            return;
+        };
+        let State::Ready { config, .. } = &self.state else {
+            return;
+        };
+        let opts = self.scan_options(true, Some(scope.clone()));
+        match scan(config, &opts, Some(reader), None) {
+            Ok(outcome) => {
+                let State::Ready { findings, .. } = &mut self.state else {
+                    return;
+                };
+                let changed = findings.merge_scoped(&scope, &outcome);
+                let verdict = if findings.is_clean() { "succeeded" } else { "failed" };
+                self.observe("realtime", started, &outcome.stats, verdict);
+                if changed {
+                    self.publish_findings();
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .scans
+                    .with_label_values(&["realtime", "errored"])
+                    .inc();
+                self.errored(format!("the realtime rescan failed: {e}"));
+            }
+        }
+    }
+
+    /// Opens the baseline, making sure it is still the recorded one; otherwise the baseline is
+    /// broken and `None` is returned.
+    fn open_verified(&mut self) -> Option<DbReader> {
+        let State::Ready { baseline, .. } = &self.state else {
+            return None;
+        };
+        let expected = baseline.digest.clone();
+        let db = self.store.database();
+        let on_disk = match DbReader::open(&db) {
+            Ok(reader) if reader.digest == expected => return Some(reader),
+            Ok(reader) => Some(Ok(reader.digest)),
+            Err(crate::db::DbError::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => Some(Err(e.to_string())),
+        };
+        match baseline::assess(&db, on_disk, Some(&expected)) {
+            Assessment::Broken { reason } => self.broken(reason),
+            other => self.broken(format!("unexpected baseline state {other:?}")),
+        }
+        None
+    }
+
+    fn scan_options(&self, incremental: bool, scope: Option<Scope>) -> ScanOptions {
+        let mut opts = ScanOptions::new(&self.settings.root);
+        opts.incremental = incremental;
+        opts.threads = self.settings.threads;
+        opts.scope = scope;
+        opts
+    }
+
+    fn observe(&self, kind: &str, started: Instant, stats: &ScanStats, verdict: &str) {
+        let m = &self.metrics;
+        m.scan_duration
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        m.scans.with_label_values(&[kind, verdict]).inc();
+        m.files_hashed.inc_by(stats.files_hashed);
+        m.bytes_hashed.inc_by(stats.bytes_hashed);
+        m.last_successful_scan
+            .set(Timestamp::now().as_second());
+    }
+
+    /// The baseline is not trustworthy: scans stop until a re-init request.
+    fn broken(&mut self, reason: String) {
+        tracing::error!(%reason, "baseline unusable");
+        self.state = State::Broken {
+            reason: reason.clone(),
+        };
+        self.errored(reason);
+    }
+
+    /// Publishes an Errored result (the baseline, if any, is kept).
+    fn errored(&mut self, message: String) {
+        tracing::warn!(%message, "errored");
+        let now = Timestamp::now();
+        if matches!(self.state, State::Broken { .. } | State::NoBaseline) {
+            status::set_baseline(&mut self.fields, None);
+        }
+        status::record(
+            &mut self.fields,
+            &self.owner,
+            Report::Errored { message: &message },
+            now,
+        );
+        self.send(None);
+    }
+
+    /// Publishes the current findings, with the failure report when there are any.
+    fn publish_findings(&mut self) {
+        let State::Ready {
+            baseline,
+            findings,
+            stats,
+            ..
+        } = &self.state
+        else {
+            return;
+        };
+        let (added, changed, removed) = findings.counts();
+        for (kind, n) in [("added", added), ("changed", changed), ("removed", removed)] {
+            self.metrics.findings.with_label_values(&[kind]).set(n as i64);
+        }
+        let cm_name = failure_report::config_map_name(&self.owner.name, &self.settings.node);
+        let failure = (!findings.is_clean()).then(|| {
+            let outcome = findings.to_outcome(stats.clone(), Some(baseline.digest.clone()));
+            let root = self.settings.root.display().to_string();
+            let database = self.store.database().display().to_string();
+            let text = report::text(
+                &outcome,
+                &ReportContext {
+                    command: "check",
+                    root: &root,
+                    database: &database,
+                    started: SystemTime::now(),
+                },
+            );
+            let kept = self.store.report();
+            if let Err(e) = write_atomically(&kept, text.as_bytes()) {
+                tracing::warn!(path = %kept.display(), "cannot keep the full report: {e}");
+            }
+            let data = failure_config_map_data(&text, &Limits::new(kept.display().to_string()));
+            status::failure_config_map(&self.owner, &self.settings.node, data)
+        });
+        status::set_baseline(&mut self.fields, Some(baseline));
+        status::record(
+            &mut self.fields,
+            &self.owner,
+            Report::Scanned {
+                findings,
+                stats,
+                failure_config_map: Some(&cm_name),
+            },
+            Timestamp::now(),
+        );
+        self.send(failure);
+    }
+
+    fn send(&mut self, failure: Option<k8s_openapi::api::core::v1::ConfigMap>) {
+        self.sequence += 1;
+        let status =
+            status::node_status(&self.owner, &self.settings.node, &self.fields, self.acknowledged);
+        // Only the latest publication matters: an unreachable API server gets the newest result.
+        self.publish.send_replace(Some(Publication {
+            sequence: self.sequence,
+            status,
+            failure,
+        }));
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_jobs_fold_into_one_run() {
+        let mut p = Pending::default();
+        p.add(Job::Rescan {
+            paths: vec![b"/a".to_vec()],
+        });
+        p.add(Job::Check { full: false });
+        p.add(Job::Rescan {
+            paths: vec![b"/b".to_vec()],
+        });
+        p.add(Job::Check { full: true });
+        p.add(Job::Check { full: false });
+        p.add(Job::Reinit { id: 3 });
+        p.add(Job::Reinit { id: 2 });
+        assert_eq!(p.check, Some(true), "a full check anywhere wins");
+        assert_eq!(p.reinit, Some(3), "the newest request answers the older ones");
+        assert_eq!(p.rescan.len(), 2);
+        assert!(!p.stop);
+        p.add(Job::Stop);
+        assert!(p.stop);
+    }
+
+    #[test]
+    fn maintenance_pauses_on_holdoff_or_cordon() {
+        let c = Control::default();
+        assert!(!c.paused());
+        c.cordoned.store(true, Ordering::SeqCst);
+        assert!(c.paused());
+        c.cordoned.store(false, Ordering::SeqCst);
+        c.holdoff.store(true, Ordering::SeqCst);
+        assert!(c.paused());
+    }
+}
