@@ -612,25 +612,11 @@ fn config_map(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     }
 }
 
-/// Asserts `result` is a 403 whose message contains every one of `want`.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(what: &str, result: kube::Result<T>, want: &[&str]) {
-    match result {
-        Err(kube::Error::Api(s)) if s.code == 403 => {
-            for w in want {
-                assert!(
-                    s.message.contains(w),
-                    "{what}: refused, but the message lacks {w:?}: {}",
-                    s.message
-                );
-            }
-        }
-        other => panic!("{what}: expected a 403 refusal, got {other:?}"),
-    }
-}
-
-/// Waits until `write` is refused with a 403 whose message contains every one of `want` (an
-/// admission policy takes effect a moment after it is applied); returns the message.
+/// Waits until `write` is refused with a 403 whose message contains every one of `want`, and
+/// returns the message. Every refusal is waited for, not asserted at once: an admission policy
+/// (or a change to it) takes effect a moment after it is applied, and a write that a stale
+/// policy accepts must not pass the test. A correct policy refuses at the first try; a wrong
+/// one fails after WAIT with the last answer.
 async fn eventually_refused<T, F, Fut>(what: &str, write: F, want: &[&str]) -> String
 where
     F: Fn() -> Fut,
@@ -801,47 +787,59 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
         .await
         .expect("server-side apply own node status");
     // ... but not moved to another node,
-    refused(
+    eventually_refused(
         "moving own status to node B",
-        agent_fins
-            .patch(
-                &own,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"nodeName": b})),
-            )
-            .await,
+        || async {
+            agent_fins
+                .patch(
+                    &own,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"nodeName": b})),
+                )
+                .await
+        },
         &[&format!("has nodeName {b}")],
-    );
+    )
+    .await;
     // ... node B's cannot be created either, nor taken over.
-    refused(
+    eventually_refused(
         "creating a status for node B",
-        agent_fins
-            .create(&pp, &node_status(&format!("e2e-{u}-b2"), b))
-            .await,
+        || async {
+            agent_fins
+                .create(&pp, &node_status(&format!("e2e-{u}-b2"), b))
+                .await
+        },
         &[
             &format!("fim-agent on node {a} may only write objects of its own node"),
             &format!("has nodeName {b}"),
         ],
-    );
-    refused(
+    )
+    .await;
+    eventually_refused(
         "taking over node B's status",
-        agent_fins
-            .patch(
-                &other,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"nodeName": a})),
-            )
-            .await,
+        || async {
+            agent_fins
+                .patch(
+                    &other,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"nodeName": a})),
+                )
+                .await
+        },
         &[&format!("belongs to node {b}")],
-    );
+    )
+    .await;
     // A token not bound to a pod names no node: refused even for "its own" node.
-    refused(
+    eventually_refused(
         "unbound token",
-        Api::<DynamicObject>::namespaced_with(unbound.clone(), NS, &ar)
-            .create(&pp, &node_status(&format!("e2e-{u}-unbound"), a))
-            .await,
+        || async {
+            Api::<DynamicObject>::namespaced_with(unbound.clone(), NS, &ar)
+                .create(&pp, &node_status(&format!("e2e-{u}-unbound"), a))
+                .await
+        },
         &["names no node"],
-    );
+    )
+    .await;
 
     // Failure ConfigMaps: its own node's can be created, patched and deleted.
     let own_cm = format!("e2e-{u}-{a}-failed");
@@ -862,45 +860,55 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
         .delete(&own_cm, &DeleteParams::default())
         .await
         .expect("delete own failure ConfigMap");
-    refused(
+    eventually_refused(
         "node B's failure ConfigMap",
-        agent_cms
-            .create(
-                &pp,
-                &config_map(
-                    &format!("e2e-{u}-{b}-failed"),
-                    &[("fim.kubefim.io/node", b), ("fim.kubefim.io/owner", "e2e")],
-                ),
-            )
-            .await,
+        || async {
+            agent_cms
+                .create(
+                    &pp,
+                    &config_map(
+                        &format!("e2e-{u}-{b}-failed"),
+                        &[("fim.kubefim.io/node", b), ("fim.kubefim.io/owner", "e2e")],
+                    ),
+                )
+                .await
+        },
         &[
             "may only write objects of its own node",
             &format!("is labelled fim.kubefim.io/node={b}"),
         ],
-    );
-    refused(
+    )
+    .await;
+    eventually_refused(
         "a ConfigMap without the node label",
-        agent_cms
-            .create(&pp, &config_map(&format!("e2e-{u}-unlabelled"), &[]))
-            .await,
+        || async {
+            agent_cms
+                .create(&pp, &config_map(&format!("e2e-{u}-unlabelled"), &[]))
+                .await
+        },
         &["has no fim.kubefim.io/node label"],
-    );
-    refused(
+    )
+    .await;
+    eventually_refused(
         "deleting node B's failure ConfigMap",
-        agent_cms.delete(&b_cm, &DeleteParams::default()).await,
+        || async { agent_cms.delete(&b_cm, &DeleteParams::default()).await },
         &[&format!("belongs to node {b}")],
-    );
-    refused(
+    )
+    .await;
+    eventually_refused(
         "relabelling node B's failure ConfigMap",
-        agent_cms
-            .patch(
-                &b_cm,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"fim.kubefim.io/node": a}}})),
-            )
-            .await,
+        || async {
+            agent_cms
+                .patch(
+                    &b_cm,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"fim.kubefim.io/node": a}}})),
+                )
+                .await
+        },
         &[&format!("belongs to node {b}")],
-    );
+    )
+    .await;
 
     // The operator's rules ConfigMap: readable, never writable.
     let rules = format!("fim-config-e2e-{u}");
@@ -912,9 +920,10 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
         .get(&rules)
         .await
         .expect("the agent reads its rules");
-    for (what, result) in [
-        (
-            "patching a rules ConfigMap",
+    let fim_config = ["may not write ConfigMap fim-config-e2e-", "operator only"];
+    eventually_refused(
+        "patching a rules ConfigMap",
+        || async {
             agent_cms
                 .patch(
                     &rules,
@@ -922,32 +931,29 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
                     &Patch::Merge(json!({"data": {"aide.conf": "/ R"}})),
                 )
                 .await
-                .map(|_| ()),
-        ),
-        (
-            "deleting a rules ConfigMap",
-            agent_cms
-                .delete(&rules, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "planting a rules ConfigMap",
+        },
+        &fim_config,
+    )
+    .await;
+    eventually_refused(
+        "deleting a rules ConfigMap",
+        || async { agent_cms.delete(&rules, &DeleteParams::default()).await },
+        &fim_config,
+    )
+    .await;
+    eventually_refused(
+        "planting a rules ConfigMap",
+        || async {
             agent_cms
                 .create(
                     &pp,
                     &config_map(&format!("fim-config-e2e-{u}-2"), &labels_a),
                 )
                 .await
-                .map(|_| ()),
-        ),
-    ] {
-        refused(
-            what,
-            result,
-            &["may not write ConfigMap fim-config-e2e-", "operator only"],
-        );
-    }
+        },
+        &fim_config,
+    )
+    .await;
 
     // RBAC: nothing outside kube-fim, no FileIntegrity writes; cluster-wide reads work.
     let err = Api::<ConfigMap>::namespaced(agent.clone(), "default")
