@@ -10,7 +10,8 @@
 //! `node_status_total` and `reinit_total`, and deletes the FileIntegrityNodeStatus objects of
 //! deleted nodes. It is triggered by changes of the
 //! FileIntegrity, its DaemonSet, its rules ConfigMap, the user's ConfigMap it references, its
-//! FileIntegrityNodeStatus objects, and Nodes being added, deleted or relabelled.
+//! FileIntegrityNodeStatus objects, the PriorityClass it names, and Nodes being added, deleted
+//! or relabelled.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -670,6 +671,20 @@ fn file_integrities_of_config_map(
     refs
 }
 
+/// FileIntegrities whose `spec.priorityClassName` is `pc`.
+fn file_integrities_of_priority_class(
+    pc: &PriorityClass,
+    store: &Store<FileIntegrity>,
+) -> Vec<ObjectRef<FileIntegrity>> {
+    let name = pc.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|fi| fi.spec.priority_class_name.as_deref() == Some(name.as_str()))
+        .map(|fi| ObjectRef::from_obj(fi.as_ref()))
+        .collect()
+}
+
 /// One item per Node added, deleted or relabelled (not per status heartbeat), from a metadata
 /// watch. After a re-list, one item if anything differs from before.
 fn node_changes(client: Client) -> impl futures::Stream<Item = ()> + Send + 'static {
@@ -741,6 +756,7 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
             }
         }
     });
+    let class_store = store.clone();
     let agent_pods = format!("app.kubernetes.io/name={}", daemonset::AGENT_APP);
     controller
         .owns(
@@ -753,6 +769,12 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
             Api::<ConfigMap>::namespaced(client.clone(), &ns),
             watcher::Config::default(),
             move |cm| file_integrities_of_config_map(&cm, &store),
+        )
+        // A PriorityClass created (or deleted) after the FileIntegrity naming it.
+        .watches(
+            Api::<PriorityClass>::all(client.clone()),
+            watcher::Config::default(),
+            move |pc| file_integrities_of_priority_class(&pc, &class_store),
         )
         .watches(
             Api::<FileIntegrityNodeStatus>::namespaced(client, &ns),
