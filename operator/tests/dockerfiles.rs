@@ -130,7 +130,7 @@ fn final_user(text: &str) -> Option<String> {
     text[last_stage..]
         .lines()
         .filter_map(|l| l.trim().strip_prefix("USER "))
-        .last()
+        .next_back()
         .map(str::to_string)
 }
 
