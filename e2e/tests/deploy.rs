@@ -494,6 +494,7 @@ async fn service_accounts_get_what_they_need_and_no_more() {
         ("watch", "nodes", "", None),
         ("list", "nodes", "", None),
         ("get", "priorityclasses.scheduling.k8s.io", "", Some("high")),
+        ("watch", "priorityclasses.scheduling.k8s.io", "", None),
     ];
     let operator_denied: &[Check] = &[
         ("get", "secrets", NS, None),
@@ -506,6 +507,7 @@ async fn service_accounts_get_what_they_need_and_no_more() {
         ("create", "daemonsets.apps", "default", None),
         ("get", "configmaps", "default", None),
         ("patch", "nodes", "", None),
+        ("create", "priorityclasses.scheduling.k8s.io", "", None),
         (
             "patch",
             "leases.coordination.k8s.io",
