@@ -208,7 +208,11 @@ pub async fn reconcile(fi: Arc<FileIntegrity>, ctx: Arc<Context>) -> Result<Acti
         selected: &selected_nodes,
         acks: &acks,
     });
-    apply_reinit_step(&fi, &namespace, &step, &ctx).await?;
+    if !apply_reinit_step(&fi, &namespace, &step, &ctx).await? {
+        // The FileIntegrity changed since it was read (a user annotation, or our own status
+        // write not yet in the cache): decide again on the fresh object.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
 
     // 5. Status, events, phase metrics.
     let mut status = phase::compute_status(
@@ -272,24 +276,35 @@ async fn check_priority_class(fi: &FileIntegrity, ctx: &Context) -> Result<Prior
 }
 
 /// Writes a re-init step (one JSON merge patch of the FileIntegrity's annotations, guarded by
-/// its resourceVersion), then announces and counts the request it made, if any.
+/// its resourceVersion), then announces and counts the request it made, if any. Returns
+/// `false` when the object changed since it was read (nothing written).
 async fn apply_reinit_step(
     fi: &FileIntegrity,
     namespace: &str,
     step: &reinit::ReinitStep,
     ctx: &Context,
-) -> Result<()> {
+) -> Result<bool> {
     if step.is_noop() {
-        return Ok(());
+        return Ok(true);
     }
     let name = fi.name_any();
     let api: Api<FileIntegrity> = Api::namespaced(ctx.client.clone(), namespace);
     let patch = step.merge_patch(fi.resource_version().as_deref());
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(Error::kube(format!(
-            "recording the re-init request on FileIntegrity {name}"
-        )))?;
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(fi = %name, "FileIntegrity changed meanwhile; re-init step retried");
+            return Ok(false);
+        }
+        Err(e) => {
+            return Err(Error::kube(format!(
+                "recording the re-init request on FileIntegrity {name}"
+            ))(e));
+        }
+    }
     if let Some(record) = &step.record {
         tracing::info!(fi = %name, id = record.id, done = record.done, nodes = ?record.nodes,
             removed_annotation = step.remove_annotation, "re-init request recorded");
@@ -313,7 +328,7 @@ async fn apply_reinit_step(
             .await;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Publishes an event on `fi`, best effort. The Recorder folds events with the same type,
