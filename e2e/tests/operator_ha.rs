@@ -595,7 +595,7 @@ async fn the_status_of_a_deleted_node_is_removed() {
         &statuses,
         &fi,
         &node.name,
-        json!({"condition": "Succeeded", "lastProbeTime": "2026-01-01T00:00:00Z"}),
+        failed_result(&ns.name, &format!("nd-{}-failed", node.name)),
     )
     .await;
     wait_for_fi(&fis, "nd", "phase Active", |fi| {
@@ -604,6 +604,11 @@ async fn the_status_of_a_deleted_node_is_removed() {
     .await;
     let name = FileIntegrityNodeStatus::name_for("nd", &node.name);
     assert!(statuses.get_opt(&name).await.unwrap().is_some());
+    let gauge = format!(
+        "file_integrity_operator_node_failed{{node=\"{}\"}}",
+        node.name
+    );
+    wait_for_metric(&operator, &format!("{gauge} 1")).await;
 
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
@@ -618,10 +623,21 @@ async fn the_status_of_a_deleted_node_is_removed() {
     })
     .await
     .unwrap();
-    wait_for_fi(&fis, "nd", "no nodes left in the status", |fi| {
-        fi.status.as_ref().is_some_and(|s| s.nodes == 0)
-    })
-    .await;
+    // Its node_failed series goes too (an alert on a node that is gone clears).
+    wait_for(
+        "no node_failed series of the deleted node",
+        WAIT,
+        || async {
+            let (code, body) = operator.get("/metrics").await?;
+            Ok(if code == 200 && !body.contains(&gauge) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("HTTP {code}:\n{body}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
 
     drop(operator);
     drop(node);
