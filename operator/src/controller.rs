@@ -23,7 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetStatus},
-        core::v1::{ConfigMap, Node, ObjectReference},
+        core::v1::{ConfigMap, Node, ObjectReference, Taint, Toleration},
         scheduling::v1::PriorityClass,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -460,7 +460,9 @@ struct NodeStatuses {
     selected: Vec<FileIntegrityNodeStatus>,
     /// For nodes that no longer exist.
     orphaned: Vec<FileIntegrityNodeStatus>,
-    /// Names of the nodes its `nodeSelector` currently matches.
+    /// Names of the nodes its agents can run on: matched by its `nodeSelector`, every
+    /// NoSchedule/NoExecute taint tolerated (the re-init targets; a node without an agent
+    /// could never acknowledge).
     selected_nodes: BTreeSet<String>,
 }
 
@@ -478,8 +480,9 @@ async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses
         .await
         .map_err(Error::kube("listing FileIntegrityNodeStatus"))?;
     let nodes: Api<Node> = Api::all(ctx.client.clone());
+    // Full objects: the taints decide which selected nodes can run an agent.
     let nodes = nodes
-        .list_metadata(&ListParams::default())
+        .list(&ListParams::default())
         .await
         .map_err(Error::kube("listing nodes"))?
         .items;
@@ -495,7 +498,15 @@ async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses
     let mut statuses = NodeStatuses {
         selected: Vec::new(),
         orphaned: Vec::new(),
-        selected_nodes: selected.iter().map(|n| (*n).to_owned()).collect(),
+        selected_nodes: nodes
+            .iter()
+            .filter(|n| selects(&fi.spec.node_selector, n.metadata.labels.as_ref()))
+            .filter(|n| {
+                let taints = n.spec.as_ref().and_then(|s| s.taints.as_deref());
+                tolerates(&fi.spec.tolerations, taints.unwrap_or_default())
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect(),
     };
     for s in all
         .items
@@ -510,6 +521,29 @@ async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses
         }
     }
     Ok(statuses)
+}
+
+/// Whether `tolerations` tolerate every NoSchedule and NoExecute taint of a node (the
+/// scheduler's rule; PreferNoSchedule does not keep a DaemonSet pod away).
+fn tolerates(tolerations: &[Toleration], taints: &[Taint]) -> bool {
+    taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|taint| {
+            tolerations.iter().any(|t| {
+                let key = t.key.as_deref().unwrap_or_default();
+                let exists = t.operator.as_deref() == Some("Exists");
+                let key_ok = key == taint.key || (key.is_empty() && exists);
+                let value_ok = exists
+                    || t.value.as_deref().unwrap_or_default()
+                        == taint.value.as_deref().unwrap_or_default();
+                let effect_ok = t
+                    .effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == taint.effect);
+                key_ok && value_ok && effect_ok
+            })
+        })
 }
 
 /// Whether a node with `labels` matches `selector` (every key with that value).
@@ -871,6 +905,58 @@ mod tests {
         assert!(!selects(&sel, Some(&other)));
         assert!(!selects(&sel, None));
         assert!(selects(&BTreeMap::new(), None), "empty selector: all nodes");
+    }
+
+    #[test]
+    fn taints_need_a_matching_toleration() {
+        let taint = |key: &str, value: Option<&str>, effect: &str| Taint {
+            key: key.into(),
+            value: value.map(Into::into),
+            effect: effect.into(),
+            ..Taint::default()
+        };
+        let toleration =
+            |key: Option<&str>, op: &str, value: Option<&str>, effect: Option<&str>| Toleration {
+                key: key.map(Into::into),
+                operator: Some(op.into()),
+                value: value.map(Into::into),
+                effect: effect.map(Into::into),
+                ..Toleration::default()
+            };
+        let dedicated = [taint("dedicated", Some("db"), "NoSchedule")];
+        assert!(tolerates(&[], &[]));
+        assert!(!tolerates(&[], &dedicated));
+        assert!(tolerates(&[], &[taint("soft", None, "PreferNoSchedule")]));
+        assert!(tolerates(
+            &[toleration(
+                Some("dedicated"),
+                "Equal",
+                Some("db"),
+                Some("NoSchedule")
+            )],
+            &dedicated
+        ));
+        assert!(!tolerates(
+            &[toleration(Some("dedicated"), "Equal", Some("web"), None)],
+            &dedicated
+        ));
+        assert!(tolerates(
+            &[toleration(Some("dedicated"), "Exists", None, None)],
+            &dedicated
+        ));
+        assert!(!tolerates(
+            &[toleration(
+                Some("dedicated"),
+                "Exists",
+                None,
+                Some("NoExecute")
+            )],
+            &dedicated
+        ));
+        assert!(tolerates(
+            &[toleration(None, "Exists", None, None)],
+            &dedicated
+        ));
     }
 
     #[test]
