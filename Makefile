@@ -81,6 +81,11 @@ demo: build ## Baseline a sample node tree, tamper with it, and show what fim-ag
 bench: tools ## Side-by-side benchmark against AIDE on BENCH_ROOT (default /usr)
 	@bench/run.sh
 
+.PHONY: bench-operator
+bench-operator: cluster-components ## Operator scale run on a separate cluster: one FileIntegrity over NODES (1000) kwok nodes
+	$(CARGO) build -p kube-fim-operator
+	@bench/operator-scale.sh
+
 .PHONY: fmt
 fmt: ## Format the code
 	$(CARGO) fmt --all
