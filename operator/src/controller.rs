@@ -3,11 +3,15 @@
 //! [`labels::OPERATOR_MANAGER`]).
 //!
 //! Per FileIntegrity it writes the effective rules ConfigMap `fim-config-<fi>`, the agent
-//! DaemonSet (after `spec.config.initialDelay`), the status, `FileIntegrityStatus` and
-//! `NodeIntegrityStatus` events, the `node_failed` gauge and `node_status_total`, and deletes
-//! the FileIntegrityNodeStatus objects of deleted nodes. It is triggered by changes of the
+//! DaemonSet (after `spec.config.initialDelay`; without `spec.priorityClassName` while that
+//! class does not exist), the re-init bookkeeping annotations (see [`crate::reinit`]; one JSON
+//! merge patch of the FileIntegrity's annotations), the status, `FileIntegrityStatus`,
+//! `NodeIntegrityStatus`, re-init and priority-class events, the `node_failed` gauge,
+//! `node_status_total` and `reinit_total`, and deletes the FileIntegrityNodeStatus objects of
+//! deleted nodes. It is triggered by changes of the
 //! FileIntegrity, its DaemonSet, its rules ConfigMap, the user's ConfigMap it references, its
-//! FileIntegrityNodeStatus objects, and Nodes being added, deleted or relabelled.
+//! FileIntegrityNodeStatus objects, the PriorityClass it names, and Nodes being added, deleted
+//! or relabelled.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -19,7 +23,8 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetStatus},
-        core::v1::{ConfigMap, Node, ObjectReference},
+        core::v1::{ConfigMap, Node, ObjectReference, Taint, Toleration},
+        scheduling::v1::PriorityClass,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
     jiff::Timestamp,
@@ -46,7 +51,9 @@ use crate::{
     daemonset::{self, AgentOptions},
     events,
     metrics::Metrics,
-    metrics_labels, phase,
+    metrics_labels,
+    phase::{self, PriorityClassCheck},
+    reinit,
 };
 
 /// Settings of the operator that are not in any FileIntegrity.
@@ -113,19 +120,40 @@ pub async fn reconcile(fi: Arc<FileIntegrity>, ctx: Arc<Context>) -> Result<Acti
     // 1. Rules: validate, write the effective ConfigMap, or keep the last good one.
     let (config_error, config_hash) = sync_config(&fi, &ctx).await?;
 
-    // 2. The agent DaemonSet, once the initial delay has passed and there are rules to run.
+    // 2. The agent DaemonSet, once the initial delay has passed and there are rules to run;
+    //    with the priority class only if it exists (and a Warning if not).
+    let priority_class = check_priority_class(&fi, &ctx).await?;
+    let previous_conditions = fi
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    if let (true, PriorityClassCheck::Missing(class)) = (
+        priority_class.newly_missing(previous_conditions),
+        &priority_class,
+    ) {
+        publish(
+            &fi,
+            events::priority_class_missing_message(class),
+            format!("PriorityClassNotFound-{class}"),
+            &ctx,
+        )
+        .await;
+    }
     let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let ds_name = daemonset::daemonset_name(&name);
     let wait = daemonset::should_create_daemonset(&fi, now);
     let daemonset = match (&config_hash, wait) {
-        (Some(hash), Ok(())) => {
-            let opts = AgentOptions::new(
-                ctx.config.agent_image.clone(),
-                ctx.config.namespace.clone(),
-                ctx.config.agent_service_account.clone(),
-                config::config_map_name(&name),
-                hash.clone(),
-            );
+        (Some(_), Ok(())) => {
+            let opts = AgentOptions {
+                priority_class_exists: priority_class.usable(),
+                ..AgentOptions::new(
+                    ctx.config.agent_image.clone(),
+                    ctx.config.namespace.clone(),
+                    ctx.config.agent_service_account.clone(),
+                    config::config_map_name(&name),
+                )
+            };
             let desired = daemonset::desired_daemonset(&fi, &opts)?;
             Some(
                 dss.patch(&ds_name, &apply_params(), &Patch::Apply(&desired))
@@ -148,6 +176,7 @@ pub async fn reconcile(fi: Arc<FileIntegrity>, ctx: Arc<Context>) -> Result<Acti
     let NodeStatuses {
         selected: node_statuses,
         orphaned,
+        selected_nodes,
     } = node_statuses(&fi, &ctx).await?;
     delete_orphaned_node_statuses(&fi, &namespace, &orphaned, &ctx).await?;
     publish_node_events(&fi, &namespace, &node_statuses, &ctx).await;
@@ -164,16 +193,37 @@ pub async fn reconcile(fi: Arc<FileIntegrity>, ctx: Arc<Context>) -> Result<Acti
         .collect();
     ctx.metrics.set_node_failed(&failed);
 
-    // 4. Status, events, phase metrics.
-    // Re-init is not handled by this controller yet: no node counts as re-initialising.
-    let status = phase::compute_status(
+    // 4. Re-init: the user annotation and config changes become numbered requests that the
+    //    agents acknowledge on their node statuses.
+    let acks = reinit::acknowledgements(&node_statuses);
+    let recorded = reinit::recorded_request(&fi)?;
+    let step = reinit::step(reinit::ReinitInput {
+        annotation: reinit::reinit_annotation(&fi),
+        recorded: recorded.as_ref(),
+        recorded_config_hash: fi
+            .annotations()
+            .get(reinit::CONFIG_HASH_ANNOTATION)
+            .map(String::as_str),
+        config_hash: config_hash.as_deref(),
+        selected: &selected_nodes,
+        acks: &acks,
+    });
+    if !apply_reinit_step(&fi, &namespace, &step, &ctx).await? {
+        // The FileIntegrity changed since it was read (a user annotation, or our own status
+        // write not yet in the cache): decide again on the fresh object.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+
+    // 5. Status, events, phase metrics.
+    let mut status = phase::compute_status(
         &fi,
         ds_status.as_ref(),
         &node_statuses,
         config_error.as_deref(),
-        &BTreeSet::new(),
+        &step.pending,
         now,
     );
+    phase::add_priority_class_condition(&mut status, &fi, &priority_class, now);
     if fi.status.as_ref() != Some(&status) {
         patch_status(&fi, &namespace, &status, &ctx).await?;
         let old = fi.status.as_ref().map(|s| s.phase);
@@ -202,6 +252,108 @@ pub async fn reconcile(fi: Arc<FileIntegrity>, ctx: Arc<Context>) -> Result<Acti
         }
     }
     Ok(Action::requeue(requeue))
+}
+
+/// Whether `spec.priorityClassName` (if any) names an existing PriorityClass.
+async fn check_priority_class(fi: &FileIntegrity, ctx: &Context) -> Result<PriorityClassCheck> {
+    let Some(class) = fi
+        .spec
+        .priority_class_name
+        .as_deref()
+        .filter(|c| !c.is_empty())
+    else {
+        return Ok(PriorityClassCheck::NotRequested);
+    };
+    let api: Api<PriorityClass> = Api::all(ctx.client.clone());
+    let found = api
+        .get_opt(class)
+        .await
+        .map_err(Error::kube(format!("reading PriorityClass {class}")))?;
+    Ok(match found {
+        Some(_) => PriorityClassCheck::Found(class.to_owned()),
+        None => PriorityClassCheck::Missing(class.to_owned()),
+    })
+}
+
+/// Writes a re-init step (one JSON merge patch of the FileIntegrity's annotations, guarded by
+/// its resourceVersion), then announces and counts the request it made, if any. Returns
+/// `false` when the object changed since it was read (nothing written).
+async fn apply_reinit_step(
+    fi: &FileIntegrity,
+    namespace: &str,
+    step: &reinit::ReinitStep,
+    ctx: &Context,
+) -> Result<bool> {
+    if step.is_noop() {
+        return Ok(true);
+    }
+    let name = fi.name_any();
+    let api: Api<FileIntegrity> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = step.merge_patch(fi.resource_version().as_deref());
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(fi = %name, "FileIntegrity changed meanwhile; re-init step retried");
+            return Ok(false);
+        }
+        Err(e) => {
+            return Err(Error::kube(format!(
+                "recording the re-init request on FileIntegrity {name}"
+            ))(e));
+        }
+    }
+    if let Some(record) = &step.record {
+        tracing::info!(fi = %name, id = record.id, done = record.done, nodes = ?record.nodes,
+            removed_annotation = step.remove_annotation, "re-init request recorded");
+    }
+    if let Some(new) = &step.new {
+        ctx.metrics.count_reinit(&new.by, &new.request.nodes);
+        publish(
+            fi,
+            events::reinit_requested_message(new.request.id, &new.by, &new.request.nodes),
+            format!("ReinitRequest-{}", new.request.id),
+            ctx,
+        )
+        .await;
+        if !new.unknown.is_empty() {
+            publish(
+                fi,
+                events::reinit_unknown_nodes_message(&new.unknown),
+                format!("ReinitUnknownNodes-{}", new.request.id),
+                ctx,
+            )
+            .await;
+        }
+    }
+    Ok(true)
+}
+
+/// Publishes an event on `fi`, best effort. The Recorder folds events with the same type,
+/// reason and action into one series keeping the first note: `action` must tell apart the
+/// occurrences that deserve their own message.
+async fn publish(fi: &FileIntegrity, message: events::EventMessage, action: String, ctx: &Context) {
+    let event = kube::runtime::events::Event {
+        action: truncate_action(action),
+        ..message.into_event()
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &fi.object_ref(&())).await {
+        tracing::warn!(fi = %fi.name_any(), error = %e, "cannot publish event");
+    }
+}
+
+/// The Events API limits the action to 128 bytes.
+fn truncate_action(mut action: String) -> String {
+    if action.len() > 128 {
+        let mut end = 128;
+        while !action.is_char_boundary(end) {
+            end -= 1;
+        }
+        action.truncate(end);
+    }
+    action
 }
 
 /// Retries a failed reconcile after a fixed delay and counts it.
@@ -308,6 +460,10 @@ struct NodeStatuses {
     selected: Vec<FileIntegrityNodeStatus>,
     /// For nodes that no longer exist.
     orphaned: Vec<FileIntegrityNodeStatus>,
+    /// Names of the nodes its agents can run on: matched by its `nodeSelector`, every
+    /// NoSchedule/NoExecute taint tolerated (the re-init targets; a node without an agent
+    /// could never acknowledge).
+    selected_nodes: BTreeSet<String>,
 }
 
 /// The FileIntegrityNodeStatus objects of `fi` (label [`labels::OWNER`] or an owner
@@ -324,8 +480,9 @@ async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses
         .await
         .map_err(Error::kube("listing FileIntegrityNodeStatus"))?;
     let nodes: Api<Node> = Api::all(ctx.client.clone());
+    // Full objects: the taints decide which selected nodes can run an agent.
     let nodes = nodes
-        .list_metadata(&ListParams::default())
+        .list(&ListParams::default())
         .await
         .map_err(Error::kube("listing nodes"))?
         .items;
@@ -341,6 +498,15 @@ async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses
     let mut statuses = NodeStatuses {
         selected: Vec::new(),
         orphaned: Vec::new(),
+        selected_nodes: nodes
+            .iter()
+            .filter(|n| selects(&fi.spec.node_selector, n.metadata.labels.as_ref()))
+            .filter(|n| {
+                let taints = n.spec.as_ref().and_then(|s| s.taints.as_deref());
+                tolerates(&fi.spec.tolerations, taints.unwrap_or_default())
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect(),
     };
     for s in all
         .items
@@ -355,6 +521,29 @@ async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses
         }
     }
     Ok(statuses)
+}
+
+/// Whether `tolerations` tolerate every NoSchedule and NoExecute taint of a node (the
+/// scheduler's rule; PreferNoSchedule does not keep a DaemonSet pod away).
+fn tolerates(tolerations: &[Toleration], taints: &[Taint]) -> bool {
+    taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|taint| {
+            tolerations.iter().any(|t| {
+                let key = t.key.as_deref().unwrap_or_default();
+                let exists = t.operator.as_deref() == Some("Exists");
+                let key_ok = key == taint.key || (key.is_empty() && exists);
+                let value_ok = exists
+                    || t.value.as_deref().unwrap_or_default()
+                        == taint.value.as_deref().unwrap_or_default();
+                let effect_ok = t
+                    .effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == taint.effect);
+                key_ok && value_ok && effect_ok
+            })
+        })
 }
 
 /// Whether a node with `labels` matches `selector` (every key with that value).
@@ -531,6 +720,20 @@ fn file_integrities_of_config_map(
     refs
 }
 
+/// FileIntegrities whose `spec.priorityClassName` is `pc`.
+fn file_integrities_of_priority_class(
+    pc: &PriorityClass,
+    store: &Store<FileIntegrity>,
+) -> Vec<ObjectRef<FileIntegrity>> {
+    let name = pc.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|fi| fi.spec.priority_class_name.as_deref() == Some(name.as_str()))
+        .map(|fi| ObjectRef::from_obj(fi.as_ref()))
+        .collect()
+}
+
 /// One item per Node added, deleted or relabelled (not per status heartbeat), from a metadata
 /// watch. After a re-list, one item if anything differs from before.
 fn node_changes(client: Client) -> impl futures::Stream<Item = ()> + Send + 'static {
@@ -602,6 +805,7 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
             }
         }
     });
+    let class_store = store.clone();
     let agent_pods = format!("app.kubernetes.io/name={}", daemonset::AGENT_APP);
     controller
         .owns(
@@ -614,6 +818,12 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
             Api::<ConfigMap>::namespaced(client.clone(), &ns),
             watcher::Config::default(),
             move |cm| file_integrities_of_config_map(&cm, &store),
+        )
+        // A PriorityClass created (or deleted) after the FileIntegrity naming it.
+        .watches(
+            Api::<PriorityClass>::all(client.clone()),
+            watcher::Config::default(),
+            move |pc| file_integrities_of_priority_class(&pc, &class_store),
         )
         .watches(
             Api::<FileIntegrityNodeStatus>::namespaced(client, &ns),
@@ -695,6 +905,58 @@ mod tests {
         assert!(!selects(&sel, Some(&other)));
         assert!(!selects(&sel, None));
         assert!(selects(&BTreeMap::new(), None), "empty selector: all nodes");
+    }
+
+    #[test]
+    fn taints_need_a_matching_toleration() {
+        let taint = |key: &str, value: Option<&str>, effect: &str| Taint {
+            key: key.into(),
+            value: value.map(Into::into),
+            effect: effect.into(),
+            ..Taint::default()
+        };
+        let toleration =
+            |key: Option<&str>, op: &str, value: Option<&str>, effect: Option<&str>| Toleration {
+                key: key.map(Into::into),
+                operator: Some(op.into()),
+                value: value.map(Into::into),
+                effect: effect.map(Into::into),
+                ..Toleration::default()
+            };
+        let dedicated = [taint("dedicated", Some("db"), "NoSchedule")];
+        assert!(tolerates(&[], &[]));
+        assert!(!tolerates(&[], &dedicated));
+        assert!(tolerates(&[], &[taint("soft", None, "PreferNoSchedule")]));
+        assert!(tolerates(
+            &[toleration(
+                Some("dedicated"),
+                "Equal",
+                Some("db"),
+                Some("NoSchedule")
+            )],
+            &dedicated
+        ));
+        assert!(!tolerates(
+            &[toleration(Some("dedicated"), "Equal", Some("web"), None)],
+            &dedicated
+        ));
+        assert!(tolerates(
+            &[toleration(Some("dedicated"), "Exists", None, None)],
+            &dedicated
+        ));
+        assert!(!tolerates(
+            &[toleration(
+                Some("dedicated"),
+                "Exists",
+                None,
+                Some("NoExecute")
+            )],
+            &dedicated
+        ));
+        assert!(tolerates(
+            &[toleration(None, "Exists", None, None)],
+            &dedicated
+        ));
     }
 
     #[test]

@@ -6,10 +6,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet},
         core::v1::{
-            Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-            EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext,
-            PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext,
-            Volume, VolumeMount,
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
+            PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+            VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -28,8 +28,9 @@ use crate::{Error, Result};
 pub const AGENT_APP: &str = "fim-agent";
 /// Name of the agent container.
 pub const AGENT_CONTAINER: &str = "fim-agent";
-/// Pod template annotation holding the digest of the rendered config: changing the config
-/// changes the template, so the DaemonSet rolls the pods onto it.
+/// Annotation of the operator's rules ConfigMap holding the digest of its content. (The agents
+/// read the rules through the API and follow changes live; the pod template does not carry the
+/// digest, so a config change does not roll the pods: it becomes a re-init request.)
 pub const CONFIG_HASH_ANNOTATION: &str = "fim.kubefim.io/config-hash";
 /// Node directory under which each FileIntegrity keeps its baselines.
 pub const DEFAULT_BASELINE_ROOT: &str = "/var/lib/kube-fim";
@@ -39,13 +40,11 @@ pub const DEFAULT_HOST_ROOT: &str = "/host";
 pub const DEFAULT_METRICS_PORT: i32 = 8080;
 /// Mount path of the baseline directory in the agent container.
 pub const BASELINE_MOUNT: &str = "/baseline";
-/// Mount path of the config ConfigMap in the agent container.
-pub const CONFIG_MOUNT: &str = "/config";
 /// Key of the rendered rules in the operator's config ConfigMap.
 pub const CONFIG_FILE: &str = "aide.conf";
 
-/// Everything the DaemonSet needs that is not in the FileIntegrity: operator settings and the
-/// config ConfigMap the operator rendered.
+/// Everything the DaemonSet needs that is not in the FileIntegrity: operator settings, the
+/// config ConfigMap the operator rendered, and what the operator found in the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentOptions {
     /// Agent image.
@@ -56,10 +55,13 @@ pub struct AgentOptions {
     pub service_account: String,
     /// Port of the agent's metrics endpoint.
     pub metrics_port: i32,
-    /// ConfigMap holding the rendered rules under [`CONFIG_FILE`].
+    /// ConfigMap holding the rendered rules under [`CONFIG_FILE`]; the agent reads it through
+    /// the API (`--config-map`) and follows its changes without a restart.
     pub config_map_name: String,
-    /// Digest of that ConfigMap's content.
-    pub config_hash: String,
+    /// Whether `spec.priorityClassName` names an existing PriorityClass. When it does not, the
+    /// pods are created without a class (they would be refused with it) and the controller
+    /// says so with a Warning event and the `PriorityClassFound` condition.
+    pub priority_class_exists: bool,
     /// Node directory holding the baselines; each FileIntegrity gets
     /// `<root>/<namespace>/<name>` so two of them never share a database.
     pub baseline_root: String,
@@ -74,7 +76,6 @@ impl AgentOptions {
         namespace: impl Into<String>,
         service_account: impl Into<String>,
         config_map_name: impl Into<String>,
-        config_hash: impl Into<String>,
     ) -> Self {
         Self {
             image: image.into(),
@@ -82,7 +83,7 @@ impl AgentOptions {
             service_account: service_account.into(),
             metrics_port: DEFAULT_METRICS_PORT,
             config_map_name: config_map_name.into(),
-            config_hash: config_hash.into(),
+            priority_class_exists: true,
             baseline_root: DEFAULT_BASELINE_ROOT.to_owned(),
             host_root: DEFAULT_HOST_ROOT.to_owned(),
         }
@@ -180,13 +181,10 @@ pub fn desired_daemonset(fi: &FileIntegrity, opts: &AgentOptions) -> Result<Daem
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(object_labels.clone()),
-            annotations: Some(BTreeMap::from([
-                (CONFIG_HASH_ANNOTATION.to_owned(), opts.config_hash.clone()),
-                (
-                    "kubectl.kubernetes.io/default-container".to_owned(),
-                    AGENT_CONTAINER.to_owned(),
-                ),
-            ])),
+            annotations: Some(BTreeMap::from([(
+                "kubectl.kubernetes.io/default-container".to_owned(),
+                AGENT_CONTAINER.to_owned(),
+            )])),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -198,7 +196,10 @@ pub fn desired_daemonset(fi: &FileIntegrity, opts: &AgentOptions) -> Result<Daem
             host_pid: Some(spec.containers_enabled()),
             node_selector: Some(node_selector),
             tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
-            priority_class_name: spec.priority_class_name.clone(),
+            priority_class_name: spec
+                .priority_class_name
+                .clone()
+                .filter(|c| !c.is_empty() && opts.priority_class_exists),
             security_context: Some(PodSecurityContext {
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".to_owned(),
@@ -241,12 +242,6 @@ pub fn desired_daemonset(fi: &FileIntegrity, opts: &AgentOptions) -> Result<Daem
                         read_only: Some(false),
                         ..VolumeMount::default()
                     },
-                    VolumeMount {
-                        name: "config".to_owned(),
-                        mount_path: CONFIG_MOUNT.to_owned(),
-                        read_only: Some(true),
-                        ..VolumeMount::default()
-                    },
                     // Scratch space, since the root filesystem is read-only.
                     VolumeMount {
                         name: "tmp".to_owned(),
@@ -263,14 +258,6 @@ pub fn desired_daemonset(fi: &FileIntegrity, opts: &AgentOptions) -> Result<Daem
                     &baseline_host_path(&opts.baseline_root, &namespace, &name),
                     "DirectoryOrCreate",
                 ),
-                Volume {
-                    name: "config".to_owned(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: opts.config_map_name.clone(),
-                        ..ConfigMapVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                },
                 Volume {
                     name: "tmp".to_owned(),
                     empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -309,8 +296,11 @@ pub fn desired_daemonset(fi: &FileIntegrity, opts: &AgentOptions) -> Result<Daem
     })
 }
 
-/// `fim-agent daemon` arguments; scan timing comes from the spec so that changing it rolls
-/// the pods like a config change.
+/// `fim-agent daemon` arguments (the agent's contract):
+/// `daemon --file-integrity <fi> --root /host --db-dir /baseline --config-map fim-config-<fi>
+/// --grace-period N --max-backups N --metrics-addr 0.0.0.0:<port> [--full-scan-every N]
+/// [--realtime] [--containers --container-algorithm X] [--debug]`. Scan timing comes from the
+/// spec, so changing it rolls the pods; the rules do not (the agent reads them live).
 fn agent_args(fi: &FileIntegrity, name: &str, opts: &AgentOptions) -> Vec<String> {
     let spec = &fi.spec;
     let mut args: Vec<String> = vec![
@@ -321,14 +311,14 @@ fn agent_args(fi: &FileIntegrity, name: &str, opts: &AgentOptions) -> Vec<String
         opts.host_root.clone(),
         "--db-dir".into(),
         BASELINE_MOUNT.into(),
-        "--config".into(),
-        format!("{CONFIG_MOUNT}/{CONFIG_FILE}"),
+        "--config-map".into(),
+        opts.config_map_name.clone(),
         "--grace-period".into(),
         spec.config.grace_period.to_string(),
         "--max-backups".into(),
         spec.config.max_backups.to_string(),
-        "--metrics-port".into(),
-        opts.metrics_port.to_string(),
+        "--metrics-addr".into(),
+        format!("0.0.0.0:{}", opts.metrics_port),
     ];
     if let Some(every) = spec.full_scan_every {
         args.extend(["--full-scan-every".into(), every.to_string()]);
@@ -457,7 +447,6 @@ spec: {}
             "kube-fim",
             "fim-agent",
             "fim-config-example",
-            "sha256:abc",
         )
     }
 
@@ -548,8 +537,8 @@ spec: {}
         assert_eq!(
             container(&minimal).args.as_ref().unwrap().join(" "),
             "daemon --file-integrity example --root /host --db-dir /baseline \
-             --config /config/aide.conf --grace-period 900 --max-backups 5 --metrics-port 8080 \
-             --realtime"
+             --config-map fim-config-example --grace-period 900 --max-backups 5 \
+             --metrics-addr 0.0.0.0:8080 --realtime"
         );
 
         let full = fi(&MINIMAL.replace(
@@ -569,8 +558,9 @@ spec: {}
         assert_eq!(
             container(&ds).args.as_ref().unwrap().join(" "),
             "daemon --file-integrity example --root /host --db-dir /baseline \
-             --config /config/aide.conf --grace-period 60 --max-backups 2 --metrics-port 8080 \
-             --full-scan-every 3600 --containers --container-algorithm sha512 --debug"
+             --config-map fim-config-example --grace-period 60 --max-backups 2 \
+             --metrics-addr 0.0.0.0:8080 --full-scan-every 3600 --containers \
+             --container-algorithm sha512 --debug"
         );
         assert_eq!(pod_spec(&ds).host_pid, Some(true));
         assert_eq!(caps(&ds), ["DAC_READ_SEARCH", "SYS_PTRACE"]);
@@ -654,7 +644,7 @@ spec: {}
     }
 
     #[test]
-    fn volumes_env_and_config_hash() {
+    fn volumes_env_and_no_config_mount() {
         let ds = desired_daemonset(&fi(MINIMAL), &opts()).unwrap();
         let pod = pod_spec(&ds);
         let volumes = pod.volumes.as_ref().unwrap();
@@ -664,11 +654,13 @@ spec: {}
         let baseline = baseline.host_path.as_ref().unwrap();
         assert_eq!(baseline.path, "/var/lib/kube-fim/kube-fim/example");
         assert_eq!(baseline.type_.as_deref(), Some("DirectoryOrCreate"));
-        let config = volumes.iter().find(|v| v.name == "config").unwrap();
-        assert_eq!(
-            config.config_map.as_ref().unwrap().name,
-            "fim-config-example"
+        // The agent reads its rules through the API: no ConfigMap volume.
+        assert!(
+            volumes.iter().all(|v| v.config_map.is_none()),
+            "{volumes:?}"
         );
+        let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["host-root", "baseline", "tmp"]);
 
         let mounts = container(&ds).volume_mounts.as_ref().unwrap();
         let mount = |name: &str| mounts.iter().find(|m| m.name == name).unwrap();
@@ -680,8 +672,8 @@ spec: {}
         );
         assert_eq!(mount("baseline").mount_path, "/baseline");
         assert_eq!(mount("baseline").read_only, Some(false));
-        assert_eq!(mount("config").mount_path, "/config");
-        assert_eq!(mount("config").read_only, Some(true));
+        assert_eq!(mount("tmp").mount_path, "/tmp");
+        assert_eq!(mounts.len(), 3, "{mounts:?}");
 
         let env = container(&ds).env.as_ref().unwrap();
         let field = |name: &str| {
@@ -703,13 +695,30 @@ spec: {}
                 .clone()
                 .unwrap()
         };
-        assert_eq!(annotations(&ds)[CONFIG_HASH_ANNOTATION], "sha256:abc");
-        let other = AgentOptions {
-            config_hash: "sha256:def".into(),
+        // No config digest on the template: a config change does not roll the pods.
+        assert_eq!(
+            annotations(&ds),
+            BTreeMap::from([(
+                "kubectl.kubernetes.io/default-container".to_owned(),
+                AGENT_CONTAINER.to_owned()
+            )])
+        );
+    }
+
+    #[test]
+    fn a_missing_priority_class_is_left_out() {
+        let with = fi(&MINIMAL.replace("spec: {}", "spec:\n  priorityClassName: agents"));
+        let ds = desired_daemonset(&with, &opts()).unwrap();
+        assert_eq!(pod_spec(&ds).priority_class_name.as_deref(), Some("agents"));
+        let missing = AgentOptions {
+            priority_class_exists: false,
             ..opts()
         };
-        let rolled = desired_daemonset(&fi(MINIMAL), &other).unwrap();
-        assert_ne!(annotations(&ds), annotations(&rolled));
+        let ds = desired_daemonset(&with, &missing).unwrap();
+        assert_eq!(pod_spec(&ds).priority_class_name, None);
+        let empty = fi(&MINIMAL.replace("spec: {}", "spec:\n  priorityClassName: ''"));
+        let ds = desired_daemonset(&empty, &opts()).unwrap();
+        assert_eq!(pod_spec(&ds).priority_class_name, None);
     }
 
     #[test]

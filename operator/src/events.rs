@@ -9,6 +9,16 @@ pub const PHASE_REASON: &str = "FileIntegrityStatus";
 /// Reason of per-node result events.
 pub const NODE_REASON: &str = "NodeIntegrityStatus";
 
+/// Reason of the event announcing a new re-init request.
+pub const REINIT_REASON: &str = "ReinitRequested";
+/// Reason of the Warning naming re-init targets that are not selected nodes.
+pub const REINIT_UNKNOWN_REASON: &str = "ReinitUnknownNodes";
+/// Reason of the Warning about a `spec.priorityClassName` that does not exist.
+pub const PRIORITY_CLASS_REASON: &str = "PriorityClassNotFound";
+
+/// Node names listed in an event before `and N more`.
+const MAX_LISTED_NODES: usize = 10;
+
 /// Events API limit on the note (message), in bytes.
 const MAX_NOTE_BYTES: usize = 1024;
 
@@ -88,6 +98,74 @@ pub fn phase_event(
         reason: PHASE_REASON,
         message: new.as_str().to_owned(),
     })
+}
+
+/// The Normal event announcing re-init request `id` (`by`: `demand`, `node`, `config`).
+pub fn reinit_requested_message(
+    id: u64,
+    by: &[&str],
+    nodes: &std::collections::BTreeSet<String>,
+) -> EventMessage {
+    let why = if by.contains(&"config") {
+        "the rules changed"
+    } else {
+        "requested by annotation"
+    };
+    let message = if nodes.is_empty() {
+        format!("re-init request {id} ({why}) targets no selected node")
+    } else {
+        format!(
+            "re-init request {id} ({why}) for {}",
+            list_nodes(nodes.iter().map(String::as_str))
+        )
+    };
+    EventMessage {
+        type_: EventType::Normal,
+        reason: REINIT_REASON,
+        message: truncate(message, MAX_NOTE_BYTES),
+    }
+}
+
+/// The Warning naming re-init targets that the FileIntegrity does not select (unknown or
+/// unselected nodes); they are not re-initialised.
+pub fn reinit_unknown_nodes_message(unknown: &std::collections::BTreeSet<String>) -> EventMessage {
+    EventMessage {
+        type_: EventType::Warning,
+        reason: REINIT_UNKNOWN_REASON,
+        message: truncate(
+            format!(
+                "re-init names nodes this FileIntegrity does not select, ignored: {}",
+                list_nodes(unknown.iter().map(String::as_str))
+            ),
+            MAX_NOTE_BYTES,
+        ),
+    }
+}
+
+/// The Warning about a PriorityClass that does not exist.
+pub fn priority_class_missing_message(class: &str) -> EventMessage {
+    EventMessage {
+        type_: EventType::Warning,
+        reason: PRIORITY_CLASS_REASON,
+        message: truncate(
+            format!(
+                "PriorityClass {class} not found: the agent DaemonSet is created without a \
+                 priority class until it exists"
+            ),
+            MAX_NOTE_BYTES,
+        ),
+    }
+}
+
+/// `a, b and 3 more`, bounded.
+fn list_nodes<'a>(nodes: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = nodes.len();
+    let shown: Vec<&str> = nodes.take(MAX_LISTED_NODES).collect();
+    let shown = shown.join(", ");
+    match total.saturating_sub(MAX_LISTED_NODES) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 /// What a node event says: a new event is due when any of it changes.
@@ -241,5 +319,39 @@ resultConfigMapNamespace: openshift-file-integrity
         );
         assert!(!should_reemit(Some(&more), &more));
         assert!(should_reemit(Some(&more), &ok));
+    }
+
+    #[test]
+    fn reinit_and_priority_class_messages() {
+        let nodes: std::collections::BTreeSet<String> = ["b".to_owned(), "a".to_owned()].into();
+        let m = reinit_requested_message(3, &["demand"], &nodes);
+        assert_eq!(m.type_, EventType::Normal);
+        assert_eq!(m.reason, REINIT_REASON);
+        assert_eq!(
+            m.message,
+            "re-init request 3 (requested by annotation) for a, b"
+        );
+        let m = reinit_requested_message(4, &["config"], &Default::default());
+        assert_eq!(
+            m.message,
+            "re-init request 4 (the rules changed) targets no selected node"
+        );
+
+        let unknown: std::collections::BTreeSet<String> =
+            (0..12).map(|i| format!("ghost-{i:02}")).collect();
+        let m = reinit_unknown_nodes_message(&unknown);
+        assert_eq!(m.type_, EventType::Warning);
+        assert_eq!(m.reason, REINIT_UNKNOWN_REASON);
+        assert!(m.message.contains("ghost-00, ghost-01"), "{}", m.message);
+        assert!(m.message.ends_with("ghost-09 and 2 more"), "{}", m.message);
+
+        let m = priority_class_missing_message("agents");
+        assert_eq!(m.type_, EventType::Warning);
+        assert_eq!(m.reason, PRIORITY_CLASS_REASON);
+        assert!(
+            m.message.starts_with("PriorityClass agents not found"),
+            "{}",
+            m.message
+        );
     }
 }

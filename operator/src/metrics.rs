@@ -18,6 +18,9 @@ pub struct Metrics {
     pub node_failed: IntGaugeVec,
     /// Node events emitted for a new result; labels `condition` and `node`.
     pub node_status_total: IntCounterVec,
+    /// Re-init requests; labels `by` (`demand`, `node`, `config`) and `node` (the targeted
+    /// node for `demand` and `node`, empty for `config`), as in seed 001.
+    pub reinit_total: IntCounterVec,
     /// Failed reconciliations (not a seed-001 metric); label `error`.
     pub reconcile_errors: IntCounterVec,
 }
@@ -60,6 +63,15 @@ impl Metrics {
             &[names::LABEL_CONDITION, names::LABEL_NODE],
         )
         .expect("valid metric");
+        let reinit_total = IntCounterVec::new(
+            Opts::new(
+                names::REINIT_TOTAL,
+                "The total number of FileIntegrity database re-initialization triggers \
+                 (annotation or config change), per method and node",
+            ),
+            &[names::LABEL_BY, names::LABEL_NODE],
+        )
+        .expect("valid metric");
         let reconcile_errors = IntCounterVec::new(
             Opts::new(
                 "file_integrity_operator_reconcile_errors_total",
@@ -73,6 +85,7 @@ impl Metrics {
             Box::new(error_total.clone()),
             Box::new(node_failed.clone()),
             Box::new(node_status_total.clone()),
+            Box::new(reinit_total.clone()),
             Box::new(reconcile_errors.clone()),
         ] {
             registry
@@ -85,7 +98,24 @@ impl Metrics {
             error_total,
             node_failed,
             node_status_total,
+            reinit_total,
             reconcile_errors,
+        }
+    }
+
+    /// Counts a new re-init request made for `by` reasons targeting `nodes`: per node for
+    /// `demand` and `node`, once with an empty node for `config`.
+    pub fn count_reinit(&self, by: &[&str], nodes: &std::collections::BTreeSet<String>) {
+        for by in by {
+            if *by == names::REINIT_BY_CONFIG {
+                self.reinit_total.with_label_values(&[*by, ""]).inc();
+            } else {
+                for node in nodes {
+                    self.reinit_total
+                        .with_label_values(&[*by, node.as_str()])
+                        .inc();
+                }
+            }
         }
     }
 
@@ -132,6 +162,8 @@ mod tests {
         m.set_node_failed(&BTreeMap::from([("c".to_owned(), true)]));
         m.forget_node("c");
         m.forget_node("never-seen");
+        m.count_reinit(&["config", "node"], &["a".to_owned()].into());
+        m.count_reinit(&["demand"], &["a".to_owned(), "b".to_owned()].into());
         let text = m.render();
         assert!(
             text.contains(
@@ -140,6 +172,13 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("node=\"c\""), "{text}");
+        for want in [
+            "file_integrity_operator_reinit_total{by=\"config\",node=\"\"} 1",
+            "file_integrity_operator_reinit_total{by=\"node\",node=\"a\"} 1",
+            "file_integrity_operator_reinit_total{by=\"demand\",node=\"b\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} missing from {text}");
+        }
         assert!(
             text.contains("file_integrity_operator_phase_total{phase=\"Active\"} 1"),
             "{text}"

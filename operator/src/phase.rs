@@ -34,6 +34,99 @@ pub const INTEGRITY_FAILED: &str = "IntegrityFailed";
 /// Condition: a node's latest scan could not complete.
 pub const SCAN_ERRORED: &str = "ScanErrored";
 
+/// Condition: `spec.priorityClassName` names an existing PriorityClass (only present when the
+/// spec names one).
+pub const PRIORITY_CLASS_FOUND: &str = "PriorityClassFound";
+
+/// What the operator found about `spec.priorityClassName`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PriorityClassCheck {
+    /// The spec names no class.
+    NotRequested,
+    /// The named class exists: the agent pods get it.
+    Found(String),
+    /// The named class does not exist: the agent pods run without one.
+    Missing(String),
+}
+
+impl PriorityClassCheck {
+    /// Whether the agent pods may carry the class the spec names.
+    pub fn usable(&self) -> bool {
+        !matches!(self, PriorityClassCheck::Missing(_))
+    }
+
+    /// The `PriorityClassFound` condition, `None` when the spec names no class.
+    /// `lastTransitionTime` only moves when the status flips (from `previous` conditions).
+    pub fn condition(
+        &self,
+        previous: &[Condition],
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Option<Condition> {
+        let (status, reason, message) = match self {
+            PriorityClassCheck::NotRequested => return None,
+            PriorityClassCheck::Found(class) => (
+                "True",
+                "Found",
+                format!("the agent pods run with PriorityClass {class}"),
+            ),
+            PriorityClassCheck::Missing(class) => (
+                "False",
+                "NotFound",
+                format!(
+                    "PriorityClass {class} not found: the agent pods run without a priority class \
+                     until it is created"
+                ),
+            ),
+        };
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == PRIORITY_CLASS_FOUND && c.status == status)
+            .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
+        Some(Condition {
+            type_: PRIORITY_CLASS_FOUND.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time,
+            observed_generation: generation,
+        })
+    }
+
+    /// Whether this check is news compared with the conditions already published: a Warning
+    /// is due when the class is missing and the status did not already say so for that class.
+    pub fn newly_missing(&self, previous: &[Condition]) -> bool {
+        let PriorityClassCheck::Missing(_) = self else {
+            return false;
+        };
+        let now = self.condition(&[], None, Timestamp::UNIX_EPOCH);
+        let message = now.map(|c| c.message);
+        !previous.iter().any(|c| {
+            c.type_ == PRIORITY_CLASS_FOUND
+                && c.status == "False"
+                && Some(&c.message) == message.as_ref()
+        })
+    }
+}
+
+/// Adds the `PriorityClassFound` condition of `check` to `status` (see
+/// [`PriorityClassCheck::condition`]).
+pub fn add_priority_class_condition(
+    status: &mut FileIntegrityStatus,
+    fi: &FileIntegrity,
+    check: &PriorityClassCheck,
+    now: Timestamp,
+) {
+    let previous = fi
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    if let Some(c) = check.condition(previous, fi.metadata.generation, now) {
+        status.conditions.push(c);
+    }
+}
+
 /// Node names listed in a condition message before `and N more`.
 const MAX_LISTED_NODES: usize = 5;
 /// Longest config error kept in a condition message (the API allows 32768 bytes).
@@ -466,5 +559,41 @@ nodeName: {name}
             cond(&s, CONFIG_VALID).message.chars().count(),
             MAX_MESSAGE_CHARS + 3
         );
+    }
+
+    #[test]
+    fn priority_class_condition_says_what_happened() {
+        let mut s = compute_status(&fi(), None, &[], None, &none(), now());
+        let before = s.conditions.len();
+        add_priority_class_condition(&mut s, &fi(), &PriorityClassCheck::NotRequested, now());
+        assert_eq!(s.conditions.len(), before, "no class asked, no condition");
+
+        let missing = PriorityClassCheck::Missing("agents".into());
+        assert!(!missing.usable());
+        add_priority_class_condition(&mut s, &fi(), &missing, now());
+        let c = cond(&s, PRIORITY_CLASS_FOUND);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NotFound")
+        );
+        assert!(
+            c.message.contains("PriorityClass agents not found"),
+            "{}",
+            c.message
+        );
+        assert_eq!(c.observed_generation, Some(3));
+
+        // A Warning is due once per missing class, not on every reconcile.
+        assert!(missing.newly_missing(&[]));
+        assert!(!missing.newly_missing(&s.conditions));
+        assert!(PriorityClassCheck::Missing("other".into()).newly_missing(&s.conditions));
+
+        let found = PriorityClassCheck::Found("agents".into());
+        assert!(found.usable());
+        assert!(!found.newly_missing(&[]));
+        let later: Timestamp = "2026-03-01T13:00:00Z".parse().unwrap();
+        let c = found.condition(&s.conditions, Some(3), later).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Found"));
+        assert_eq!(c.last_transition_time, Time(later), "flipped");
     }
 }

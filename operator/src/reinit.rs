@@ -18,6 +18,18 @@
 //!    ([`annotation_can_be_removed`]), the operator removes `fim.kubefim.io/re-init` and sets
 //!    `done: true` in one patch. Setting the annotation again then starts request `id + 1`.
 //!
+//! A change of the effective rules (the content of `fim-config-<fi>`) is a request too: the
+//! operator keeps the digest of the rules the agents were last asked to baseline with in the
+//! FileIntegrity annotation [`CONFIG_HASH_ANNOTATION`]; when the rules differ from it, it records
+//! a request for every selected node (`by="config"`) in the same patch that updates the digest.
+//! The first rules of a FileIntegrity need no request (the first baselines are made with them).
+//! [`step`] computes, from everything observed, the one patch to make.
+//!
+//! A new request never drops nodes that have not acknowledged the request it replaces: an agent
+//! may already be re-baselining for it, and a config change must reach every node.
+//! Request ids also stay above every id an agent acknowledged, so losing the request annotation
+//! cannot make a new request look already answered.
+//!
 //! Both annotations stand in for CRD fields that should replace them: `status.reinit` on the
 //! FileIntegrity (operator-owned) and `reinitAcknowledged` on the FileIntegrityNodeStatus
 //! (agent-owned). Annotations work today without a CRD change and keep the same semantics.
@@ -158,6 +170,167 @@ pub fn annotation_can_be_removed(
     acknowledged: &BTreeSet<String>,
 ) -> bool {
     targeted.is_subset(acknowledged)
+}
+
+/// Operator-owned annotation on a FileIntegrity: digest of the rules the agents were last asked
+/// to baseline with (see the module docs).
+pub const CONFIG_HASH_ANNOTATION: &str = "fim.kubefim.io/re-init-config-hash";
+
+/// `by` label of a request made because the rules changed.
+pub const BY_CONFIG: &str = crate::metrics_labels::REINIT_BY_CONFIG;
+
+/// Everything [`step`] looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct ReinitInput<'a> {
+    /// Value of `fim.kubefim.io/re-init`, if set.
+    pub annotation: Option<&'a str>,
+    /// The request recorded on the FileIntegrity.
+    pub recorded: Option<&'a ReinitRequest>,
+    /// [`CONFIG_HASH_ANNOTATION`] on the FileIntegrity.
+    pub recorded_config_hash: Option<&'a str>,
+    /// Digest of the effective rules (`None` while there never were valid rules).
+    pub config_hash: Option<&'a str>,
+    /// Nodes the FileIntegrity selects now.
+    pub selected: &'a BTreeSet<String>,
+    /// Acknowledged request id per node ([`acknowledgements`]).
+    pub acks: &'a BTreeMap<String, u64>,
+}
+
+/// A request [`step`] made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRequest {
+    /// The request as recorded (possibly already completed, when nothing is left to do).
+    pub request: ReinitRequest,
+    /// Why: `by` label values (`demand`, `node`, `config`), one per trigger.
+    pub by: Vec<&'static str>,
+    /// Names in the user annotation that no selected node has.
+    pub unknown: BTreeSet<String>,
+}
+
+/// What the operator writes on the FileIntegrity, in one merge patch of its annotations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReinitStep {
+    /// New value of [`REQUEST_ANNOTATION`]; `None` leaves it as it is.
+    pub record: Option<ReinitRequest>,
+    /// Remove `fim.kubefim.io/re-init`: the request it made is done.
+    pub remove_annotation: bool,
+    /// New value of [`CONFIG_HASH_ANNOTATION`].
+    pub config_hash: Option<String>,
+    /// The request made by this step, for events and metrics.
+    pub new: Option<NewRequest>,
+    /// Nodes still to re-initialise once the step is applied (they count as Initializing).
+    pub pending: BTreeSet<String>,
+}
+
+impl ReinitStep {
+    /// Whether there is nothing to write.
+    pub fn is_noop(&self) -> bool {
+        self.record.is_none() && !self.remove_annotation && self.config_hash.is_none()
+    }
+
+    /// The JSON merge patch of `metadata.annotations` that applies this step, guarded by
+    /// `resource_version` so a user annotation set meanwhile is never removed unseen.
+    pub fn merge_patch(&self, resource_version: Option<&str>) -> serde_json::Value {
+        let mut annotations = serde_json::Map::new();
+        if let Some(request) = &self.record {
+            annotations.insert(REQUEST_ANNOTATION.into(), request.to_annotation().into());
+        }
+        if self.remove_annotation {
+            annotations.insert(labels::REINIT.into(), serde_json::Value::Null);
+        }
+        if let Some(hash) = &self.config_hash {
+            annotations.insert(CONFIG_HASH_ANNOTATION.into(), hash.clone().into());
+        }
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("annotations".into(), annotations.into());
+        if let Some(rv) = resource_version {
+            metadata.insert("resourceVersion".into(), rv.into());
+        }
+        serde_json::json!({ "metadata": metadata })
+    }
+}
+
+/// The next step of the re-init protocol (see the module docs).
+pub fn step(input: ReinitInput<'_>) -> ReinitStep {
+    let ReinitInput {
+        annotation,
+        recorded,
+        recorded_config_hash,
+        config_hash,
+        selected,
+        acks,
+    } = input;
+    let mut out = ReinitStep::default();
+
+    let config_changed = match (recorded_config_hash, config_hash) {
+        (_, None) => false,
+        (Some(old), Some(new)) if old == new => false,
+        (old, Some(new)) => {
+            out.config_hash = Some(new.to_owned());
+            old.is_some()
+        }
+    };
+
+    let next_id = recorded
+        .map(|r| r.id)
+        .into_iter()
+        .chain(acks.values().copied())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    // Nodes the recorded request still waits for: carried into any request replacing it.
+    let carried = recorded.map_or_else(BTreeSet::new, |r| pending(r, acks, selected));
+    let user = plan_request(annotation, recorded, selected);
+
+    let new = if config_changed {
+        // Every selected node, which also covers whatever the user annotation asks for: the
+        // request records its value so that it is not made again.
+        let (by_user, unknown) =
+            user.map_or((None, BTreeSet::new()), |(_, t)| (Some(t.by()), t.unknown));
+        Some(NewRequest {
+            request: ReinitRequest {
+                id: next_id,
+                annotation: annotation.unwrap_or_default().to_owned(),
+                nodes: selected.union(&carried).cloned().collect(),
+                done: false,
+            },
+            by: std::iter::once(BY_CONFIG).chain(by_user).collect(),
+            unknown,
+        })
+    } else {
+        user.map(|(mut request, targets)| {
+            request.id = next_id;
+            request.nodes.extend(carried);
+            NewRequest {
+                request,
+                by: vec![targets.by()],
+                unknown: targets.unknown,
+            }
+        })
+    };
+
+    let current = match new {
+        Some(mut new) => {
+            if pending(&new.request, acks, selected).is_empty() {
+                // Nothing to wait for (only unknown nodes, or none selected): done at once.
+                new.request = new.request.completed();
+                out.remove_annotation = annotation.is_some();
+            }
+            out.record = Some(new.request.clone());
+            out.new = Some(new);
+            out.record.clone()
+        }
+        None => match recorded {
+            Some(r) if !r.done && pending(r, acks, selected).is_empty() => {
+                out.record = Some(r.completed());
+                out.remove_annotation = annotation.is_some();
+                out.record.clone()
+            }
+            other => other.cloned(),
+        },
+    };
+    out.pending = current.map_or_else(BTreeSet::new, |r| pending(&r, acks, selected));
+    out
 }
 
 #[cfg(test)]
@@ -304,5 +477,173 @@ metadata:
         assert_eq!(acknowledged_id(&node_status("a", Some(" 7 "))), Some(7));
         assert_eq!(acknowledged_id(&node_status("a", Some("seven"))), None);
         assert_eq!(acknowledged_id(&node_status("a", None)), None);
+    }
+
+    fn input<'a>(
+        annotation: Option<&'a str>,
+        recorded: Option<&'a ReinitRequest>,
+        selected: &'a BTreeSet<String>,
+        acks: &'a BTreeMap<String, u64>,
+    ) -> ReinitInput<'a> {
+        ReinitInput {
+            annotation,
+            recorded,
+            recorded_config_hash: Some("h1"),
+            config_hash: Some("h1"),
+            selected,
+            acks,
+        }
+    }
+
+    #[test]
+    fn step_walks_an_annotation_through_its_lifecycle() {
+        let selected = nodes(&["a", "b"]);
+        let none = BTreeMap::new();
+        // Nothing asked: nothing to write.
+        let idle = step(input(None, None, &selected, &none));
+        assert!(idle.is_noop(), "{idle:?}");
+        assert!(idle.pending.is_empty());
+
+        // Asked for all nodes: request 1 recorded, both pending.
+        let first = step(input(Some(""), None, &selected, &none));
+        let request = first.record.clone().unwrap();
+        assert_eq!((request.id, request.done), (1, false));
+        assert_eq!(request.nodes, selected);
+        assert_eq!(first.new.as_ref().unwrap().by, ["demand"]);
+        assert!(!first.remove_annotation);
+        assert_eq!(first.pending, selected);
+
+        // a acknowledged: nothing to write, b still pending.
+        let acks = BTreeMap::from([("a".to_owned(), 1)]);
+        let waiting = step(input(Some(""), Some(&request), &selected, &acks));
+        assert!(waiting.is_noop(), "{waiting:?}");
+        assert_eq!(waiting.pending, nodes(&["b"]));
+
+        // Both: the annotation goes and the request is done, in one step.
+        let acks = BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]);
+        let done = step(input(Some(""), Some(&request), &selected, &acks));
+        assert_eq!(done.record, Some(request.completed()));
+        assert!(done.remove_annotation);
+        assert!(done.new.is_none());
+        assert!(done.pending.is_empty());
+        let patch = done.merge_patch(Some("42"));
+        assert_eq!(
+            patch,
+            serde_json::json!({"metadata": {
+                "resourceVersion": "42",
+                "annotations": {
+                    REQUEST_ANNOTATION: request.completed().to_annotation(),
+                    "fim.kubefim.io/re-init": null,
+                }
+            }})
+        );
+
+        // Afterwards, with the annotation gone: nothing to do.
+        let after = step(input(None, Some(&request.completed()), &selected, &acks));
+        assert!(after.is_noop(), "{after:?}");
+    }
+
+    #[test]
+    fn step_reports_unknown_nodes_and_completes_empty_requests_at_once() {
+        let selected = nodes(&["a"]);
+        let none = BTreeMap::new();
+        let s = step(input(Some("ghost"), None, &selected, &none));
+        let new = s.new.unwrap();
+        assert_eq!(new.unknown, nodes(&["ghost"]));
+        assert_eq!(new.by, ["node"]);
+        assert!(new.request.done, "nothing to wait for");
+        assert!(s.remove_annotation);
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn a_config_change_targets_every_selected_node() {
+        let selected = nodes(&["a", "b"]);
+        let none = BTreeMap::new();
+        // The first rules only record their digest.
+        let first = step(ReinitInput {
+            recorded_config_hash: None,
+            ..input(None, None, &selected, &none)
+        });
+        assert_eq!(first.config_hash.as_deref(), Some("h1"));
+        assert!(first.record.is_none() && first.new.is_none());
+        // No rules yet: nothing.
+        let nothing = step(ReinitInput {
+            recorded_config_hash: None,
+            config_hash: None,
+            ..input(None, None, &selected, &none)
+        });
+        assert!(nothing.is_noop());
+
+        // Changed rules: a request for all selected nodes, by config, and the new digest.
+        let changed = step(ReinitInput {
+            config_hash: Some("h2"),
+            ..input(None, None, &selected, &none)
+        });
+        assert_eq!(changed.config_hash.as_deref(), Some("h2"));
+        let new = changed.new.unwrap();
+        assert_eq!(new.by, ["config"]);
+        assert_eq!(new.request.nodes, selected);
+        assert_eq!(new.request.annotation, "");
+        assert!(!changed.remove_annotation);
+        assert_eq!(changed.pending, selected);
+
+        // Together with a user request for one node: the config request covers it and records
+        // the user's value, so it is not made again.
+        let both = step(ReinitInput {
+            config_hash: Some("h2"),
+            ..input(Some("a,ghost"), None, &selected, &none)
+        });
+        let new = both.new.unwrap();
+        assert_eq!(new.by, ["config", "node"]);
+        assert_eq!(new.request.nodes, selected);
+        assert_eq!(new.unknown, nodes(&["ghost"]));
+        let recorded = new.request;
+        let again = step(input(Some("a,ghost"), Some(&recorded), &selected, &none));
+        assert!(again.is_noop(), "{again:?}");
+        // Completed when both acknowledged; the user annotation goes with it.
+        let acks = BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]);
+        let done = step(input(Some("a,ghost"), Some(&recorded), &selected, &acks));
+        assert!(done.remove_annotation);
+        assert!(done.record.unwrap().done);
+    }
+
+    #[test]
+    fn a_replacing_request_keeps_unacknowledged_nodes_and_ids_stay_above_acks() {
+        let selected = nodes(&["a", "b", "c"]);
+        let config_request = ReinitRequest {
+            id: 4,
+            annotation: String::new(),
+            nodes: selected.clone(),
+            done: false,
+        };
+        let acks = BTreeMap::from([("a".to_owned(), 4)]);
+        // The user asks for c while b and c still owe the config request.
+        let s = step(input(Some("c"), Some(&config_request), &selected, &acks));
+        let request = s.record.unwrap();
+        assert_eq!(request.id, 5);
+        assert_eq!(request.nodes, nodes(&["b", "c"]));
+        assert_eq!(s.pending, nodes(&["b", "c"]));
+
+        // The request annotation was lost, but agents acknowledged up to 9: the next id is 10.
+        let acks = BTreeMap::from([("a".to_owned(), 9)]);
+        let s = step(input(Some(""), None, &selected, &acks));
+        assert_eq!(s.record.unwrap().id, 10);
+        assert_eq!(s.pending, selected, "an older ack answers nothing new");
+    }
+
+    #[test]
+    fn nodes_that_leave_release_the_request() {
+        let selected = nodes(&["a"]);
+        let request = ReinitRequest {
+            id: 1,
+            annotation: "a,b".into(),
+            nodes: nodes(&["a", "b"]),
+            done: false,
+        };
+        let acks = BTreeMap::from([("a".to_owned(), 1)]);
+        let s = step(input(Some("a,b"), Some(&request), &selected, &acks));
+        assert!(s.remove_annotation);
+        assert_eq!(s.record, Some(request.completed()));
     }
 }
