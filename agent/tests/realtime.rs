@@ -83,6 +83,8 @@ fn each_event_kind(backend: Backend) {
     fs::create_dir_all(r.join("dir/sub")).unwrap();
     fs::write(r.join("dir/sub/f"), b"f").unwrap();
     fs::create_dir(r.join("rmdir")).unwrap();
+    fs::create_dir_all(r.join("rmtree/a/b")).unwrap();
+    fs::write(r.join("rmtree/a/b/f"), b"f").unwrap();
     fs::create_dir(r.join("chdir")).unwrap();
     let Some(w) = start(std::slice::from_ref(r), backend) else {
         return;
@@ -122,6 +124,9 @@ fn each_event_kind(backend: Backend) {
     expect(&w, &[r.join("d")]);
     fs::remove_dir(r.join("rmdir")).unwrap();
     expect(&w, &[r.join("rmdir")]);
+    // rm -rf: the top of the removed tree is reported (its contents may be, too)
+    fs::remove_dir_all(r.join("rmtree")).unwrap();
+    expect(&w, &[r.join("rmtree")]);
 
     fs::rename(r.join("ren"), r.join("renamed")).unwrap();
     expect(&w, &[r.join("ren"), r.join("renamed")]);

@@ -400,8 +400,12 @@ pub(crate) fn records(info: &[u8]) -> impl Iterator<Item = FidRecord<'_>> {
     })
 }
 
+/// A test record: info type, fsid, f_handle bytes, name.
 #[cfg(test)]
-pub(crate) fn encode(mask: u64, records: &[(u8, [i32; 2], &[u8], &[u8])]) -> Vec<u8> {
+type TestRecord<'a> = (u8, [i32; 2], &'a [u8], &'a [u8]);
+
+#[cfg(test)]
+pub(crate) fn encode(mask: u64, records: &[TestRecord]) -> Vec<u8> {
     let mut info = Vec::new();
     for (info_type, fsid, f_handle, name) in records {
         let mut rec = vec![*info_type, 0, 0, 0];

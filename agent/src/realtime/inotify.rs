@@ -105,14 +105,14 @@ impl Inotify {
                 }
             } else {
                 for root in &self.roots.0 {
-                    if let Ok(rest) = root.given.strip_prefix(&dir) {
-                        if let Some(next) = rest.components().next() {
-                            let next = dir.join(next);
-                            if next == root.given && std::fs::symlink_metadata(&next).is_ok() {
-                                found.push(next.clone());
-                            }
-                            stack.push(next);
+                    if let Ok(rest) = root.given.strip_prefix(&dir)
+                        && let Some(next) = rest.components().next()
+                    {
+                        let next = dir.join(next);
+                        if next == root.given && std::fs::symlink_metadata(&next).is_ok() {
+                            found.push(next.clone());
                         }
+                        stack.push(next);
                     }
                 }
             }
@@ -127,15 +127,17 @@ impl Inotify {
         if wd < 0 {
             return Err(io::Error::last_os_error());
         }
-        if let Some(old) = self.dirs.insert(dir.to_path_buf(), wd) {
-            if old != wd && self.wds.get(&old).is_some_and(|p| p == dir) {
-                self.wds.remove(&old);
-            }
+        if let Some(old) = self.dirs.insert(dir.to_path_buf(), wd)
+            && old != wd
+            && self.wds.get(&old).is_some_and(|p| p == dir)
+        {
+            self.wds.remove(&old);
         }
-        if let Some(old) = self.wds.insert(wd, dir.to_path_buf()) {
-            if old != dir && self.dirs.get(&old) == Some(&wd) {
-                self.dirs.remove(&old);
-            }
+        if let Some(old) = self.wds.insert(wd, dir.to_path_buf())
+            && old != dir
+            && self.dirs.get(&old) == Some(&wd)
+        {
+            self.dirs.remove(&old);
         }
         Ok(())
     }
@@ -182,10 +184,10 @@ impl Engine for Inotify {
                 continue;
             }
             if ev.mask & libc::IN_IGNORED != 0 {
-                if let Some(path) = self.wds.remove(&ev.wd) {
-                    if self.dirs.get(&path) == Some(&ev.wd) {
-                        self.dirs.remove(&path);
-                    }
+                if let Some(path) = self.wds.remove(&ev.wd)
+                    && self.dirs.get(&path) == Some(&ev.wd)
+                {
+                    self.dirs.remove(&path);
                 }
                 continue;
             }

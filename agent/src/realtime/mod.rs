@@ -65,9 +65,10 @@
 //! permitted, unsupported filesystem); `Some(backend)` uses that backend only, and fails if it
 //! cannot be used.
 //!
-//! Latency is not tested (timing targets are benchmarks), but `examples/realtime_latency.rs`-style
-//! measurement is simple: change a file, time until `next_batch` returns it; with `quiet` at 10 ms
-//! that is about `quiet` plus a millisecond on either backend.
+//! Latency is not a test (timing targets are benchmarks). To measure it: change a file, time until
+//! `next_batch` returns it; the delay is the `quiet` period plus the event handling (well under a
+//! millisecond per event on either backend; fanotify pays one `open_by_handle_at` per directory not
+//! yet cached).
 
 mod fanotify;
 mod inotify;
