@@ -36,7 +36,7 @@ e2e: e2e-binaries cluster-up ## The end-to-end suites against the local cluster,
 # leaves nothing running.
 .PHONY: e2e-binaries
 e2e-binaries:
-	$(CARGO) build -p kube-fim-operator
+	$(CARGO) build -p kube-fim-operator -p kube-fim-agent
 
 .PHONY: cluster-components
 cluster-components: ## Build the test cluster's components once (control plane, etcd, kwok, MinIO) into ~/.cache/kube-fim/bin
@@ -83,7 +83,7 @@ bench: tools ## Side-by-side benchmark against AIDE on BENCH_ROOT (default /usr)
 
 .PHONY: bench-operator
 bench-operator: cluster-components ## Operator scale run on a separate cluster: one FileIntegrity over NODES (1000) kwok nodes
-	$(CARGO) build -p kube-fim-operator
+	$(CARGO) build -p kube-fim-operator -p kube-fim-agent
 	@bench/operator-scale.sh
 
 .PHONY: fmt

@@ -216,14 +216,23 @@ impl Rules {
             .rules
             .iter()
             .filter(|r| r.kind != RuleKind::Negative)
-            .map(|r| if r.node.is_empty() { b"/".to_vec() } else { r.node.clone() })
+            .map(|r| {
+                if r.node.is_empty() {
+                    b"/".to_vec()
+                } else {
+                    r.node.clone()
+                }
+            })
             .collect();
         nodes.sort();
         nodes.dedup();
         let mut roots: Vec<Vec<u8>> = Vec::new();
         for node in nodes {
             let inside = roots.iter().any(|r| {
-                r == b"/" || node.strip_prefix(r.as_slice()).is_some_and(|rest| rest.starts_with(b"/"))
+                r == b"/"
+                    || node
+                        .strip_prefix(r.as_slice())
+                        .is_some_and(|rest| rest.starts_with(b"/"))
             });
             if !inside {
                 roots.push(node);
@@ -271,8 +280,18 @@ mod tests {
             rule(RuleKind::Negative, "/var/log", a),
             rule(RuleKind::Regular, "/etcetera/x", a),
         ]);
-        assert_eq!(r.watch_roots(), [b"/etc".to_vec(), b"/etcetera".to_vec(), b"/usr/bin".to_vec()]);
-        let all = rules(vec![rule(RuleKind::Regular, "/", a), rule(RuleKind::Regular, "/boot/", a)]);
+        assert_eq!(
+            r.watch_roots(),
+            [
+                b"/etc".to_vec(),
+                b"/etcetera".to_vec(),
+                b"/usr/bin".to_vec()
+            ]
+        );
+        let all = rules(vec![
+            rule(RuleKind::Regular, "/", a),
+            rule(RuleKind::Regular, "/boot/", a),
+        ]);
         assert_eq!(all.watch_roots(), [b"/".to_vec()]);
     }
 

@@ -16,7 +16,10 @@ use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+pub mod agents;
+pub mod fixtures;
 pub mod prometheus;
+pub mod proxy;
 
 /// Why an e2e helper could not do its job.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,8 @@ pub enum E2eError {
     },
     #[error(transparent)]
     Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
 }

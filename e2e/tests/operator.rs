@@ -3,188 +3,20 @@
 //! does).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount, Taint};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Taint};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use kube_fim_crds::reinit::{ACK_ANNOTATION, ReinitRequest};
 use kube_fim_crds::{FileIntegrity, FileIntegrityNodeStatus, FileIntegrityPhase, labels};
-use kube_fim_e2e::{
-    KwokNodes, Poll, TestNamespace, apply_crds, client, client_with_token, free_port,
-    kubeconfig_path, pod_bound_token, repo_root, state_dir, wait_for,
-};
+use kube_fim_e2e::fixtures::*;
+use kube_fim_e2e::{Poll, client, client_with_token, kubeconfig_path, pod_bound_token, wait_for};
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-/// `<target dir>/debug/fim-operator`; the target dir is `CARGO_TARGET_DIR` (relative to the
-/// repository root when relative) or `<repo>/target`.
-fn operator_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| {
-            if p.is_absolute() {
-                p
-            } else {
-                repo_root().join(p)
-            }
-        })
-        .unwrap_or_else(|| repo_root().join("target"));
-    let path = target.join("debug").join("fim-operator");
-    assert!(
-        path.is_file(),
-        "the operator binary {} is missing: build it with `cargo build -p kube-fim-operator` \
-         (make e2e does)",
-        path.display()
-    );
-    path
-}
-
-/// The operator as a child process; killed when dropped. Its log is
-/// `e2e/.cluster/logs/operator-<namespace>.log`.
-struct Operator {
-    child: Child,
-    metrics_port: u16,
-}
-
-impl Operator {
-    fn start(namespace: &str) -> Operator {
-        let metrics_port = free_port().unwrap();
-        let logs = state_dir().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let log_path = logs.join(format!("operator-{namespace}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(operator_binary())
-            .args([
-                "--namespace",
-                namespace,
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-                "--agent-image",
-                "kube-fim/agent:e2e",
-            ])
-            .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", "info,fim_operator=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", operator_binary().display()));
-        Operator {
-            child,
-            metrics_port,
-        }
-    }
-
-    async fn get(&self, path: &str) -> kube_fim_e2e::Result<(u16, String)> {
-        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
-        tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let mut resp = agent
-                .get(&url)
-                .call()
-                .map_err(|e| kube_fim_e2e::E2eError::Other(format!("GET {url}: {e}")))?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .body_mut()
-                .read_to_string()
-                .map_err(|e| kube_fim_e2e::E2eError::Other(format!("GET {url}: {e}")))?;
-            Ok((status, body))
-        })
-        .await
-        .map_err(|e| kube_fim_e2e::E2eError::Other(e.to_string()))?
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A namespace with the agents' service account (pods are refused without it).
-async fn namespace_with_agent_account(client: &Client, prefix: &str) -> TestNamespace {
-    apply_crds(client).await.unwrap();
-    let ns = TestNamespace::create(client, prefix).await.unwrap();
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
-    sas.create(
-        &PostParams::default(),
-        &ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some("fim-agent".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    ns
-}
-
-fn file_integrity(name: &str, spec: serde_json::Value) -> FileIntegrity {
-    serde_json::from_value(json!({
-        "apiVersion": "fim.kubefim.io/v1alpha1", "kind": "FileIntegrity",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap()
-}
-
-async fn label_nodes(client: &Client, nodes: &[String], label: &str, value: Option<&str>) {
-    let api: Api<Node> = Api::all(client.clone());
-    for n in nodes {
-        let patch = json!({"metadata": {"labels": {label: value}}});
-        api.patch(n, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .unwrap();
-    }
-}
-
-/// Waits until `fi` satisfies `check`, describing its status meanwhile.
-async fn wait_for_fi(
-    fis: &Api<FileIntegrity>,
-    name: &str,
-    what: &str,
-    check: impl Fn(&FileIntegrity) -> bool,
-) -> FileIntegrity {
-    wait_for(what, WAIT, || async {
-        let fi = fis.get(name).await?;
-        Ok(if check(&fi) {
-            Poll::Ready(fi)
-        } else {
-            Poll::Pending(format!("status: {:?}", fi.status))
-        })
-    })
-    .await
-    .unwrap()
-}
-
-fn phase(fi: &FileIntegrity) -> Option<FileIntegrityPhase> {
-    fi.status.as_ref().map(|s| s.phase)
-}
-
-fn condition<'a>(
-    fi: &'a FileIntegrity,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    fi.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-}
 
 #[tokio::test]
 async fn operator_runs_agents_on_selected_nodes_and_reports_phases() {
@@ -452,19 +284,6 @@ async fn apply_node_status(
 }
 
 /// Waits until the operator's `/metrics` contains `want`.
-async fn wait_for_metric(operator: &Operator, want: &str) {
-    wait_for(&format!("metric {want}"), WAIT, || async {
-        let (code, body) = operator.get("/metrics").await?;
-        Ok(if code == 200 && body.contains(want) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("HTTP {code}:\n{body}"))
-        })
-    })
-    .await
-    .unwrap();
-}
-
 #[tokio::test]
 async fn node_results_become_events_and_metrics_and_leave_with_their_node() {
     let client = client().await.unwrap();
@@ -614,121 +433,6 @@ async fn node_results_become_events_and_metrics_and_leave_with_their_node() {
 /// The RBAC the agent needs in its namespace (the deploy manifests grant the same): its node
 /// status (server-side apply), its failure ConfigMap, events, and reading its FileIntegrity and
 /// rules.
-async fn grant_agent_rbac(client: &Client, ns: &str) {
-    let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
-        api_groups: Some(vec![group.into()]),
-        resources: Some(resources.iter().map(|r| (*r).into()).collect()),
-        verbs: verbs.iter().map(|v| (*v).into()).collect(),
-        ..Default::default()
-    };
-    let meta = ObjectMeta {
-        name: Some("fim-agent".into()),
-        namespace: Some(ns.into()),
-        ..Default::default()
-    };
-    Api::<Role>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &Role {
-                metadata: meta.clone(),
-                rules: Some(vec![
-                    rule(
-                        "fim.kubefim.io",
-                        &["fileintegritynodestatuses"],
-                        &["get", "list", "watch", "create", "patch", "update"],
-                    ),
-                    rule(
-                        "fim.kubefim.io",
-                        &["fileintegrities"],
-                        &["get", "list", "watch"],
-                    ),
-                    rule(
-                        "",
-                        &["configmaps"],
-                        &["get", "list", "watch", "create", "patch", "update"],
-                    ),
-                    rule("events.k8s.io", &["events"], &["create", "patch"]),
-                ]),
-            },
-        )
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &RoleBinding {
-                metadata: meta,
-                role_ref: RoleRef {
-                    api_group: "rbac.authorization.k8s.io".into(),
-                    kind: "Role".into(),
-                    name: "fim-agent".into(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: "fim-agent".into(),
-                    namespace: Some(ns.into()),
-                    ..Default::default()
-                }]),
-            },
-        )
-        .await
-        .unwrap();
-}
-
-/// A namespace with the agent account and its RBAC, `count` nodes of its own labelled
-/// `e2e.kubefim.io/<ns>=yes`, and the label.
-async fn namespace_with_nodes(
-    client: &Client,
-    prefix: &str,
-    count: usize,
-    taints: &[Taint],
-) -> (TestNamespace, KwokNodes, String) {
-    let ns = namespace_with_agent_account(client, prefix).await;
-    grant_agent_rbac(client, &ns.name).await;
-    let label = format!("e2e.kubefim.io/{}", ns.name);
-    let nodes = KwokNodes::create(
-        client,
-        &ns.name,
-        count,
-        &BTreeMap::from([(label.clone(), "yes".to_owned())]),
-        taints,
-    )
-    .await
-    .unwrap();
-    (ns, nodes, label)
-}
-
-/// Waits until an agent pod of `fi` runs on each of `nodes`; returns them by node.
-async fn agent_pods(
-    client: &Client,
-    ns: &str,
-    fi: &str,
-    nodes: &[String],
-) -> BTreeMap<String, Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_for(
-        &format!("agent pods Running on {nodes:?}"),
-        WAIT,
-        || async {
-            let running: BTreeMap<String, Pod> = pods
-                .list(&ListParams::default().labels(&format!("{}={fi}", labels::OWNER)))
-                .await?
-                .items
-                .into_iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .filter_map(|p| Some((p.spec.as_ref()?.node_name.clone()?, p)))
-                .collect();
-            Ok(if nodes.iter().all(|n| running.contains_key(n)) {
-                Poll::Ready(running)
-            } else {
-                Poll::Pending(format!("running on {:?}", running.keys()))
-            })
-        },
-    )
-    .await
-    .unwrap()
-}
-
 /// The agent on one node: a client authenticated with a token bound to its pod.
 struct Agent {
     node: String,
@@ -812,41 +516,6 @@ async fn active_agents(
 
 /// Waits for an event on FileIntegrity `fi` with `reason`, `type_` and a note satisfying
 /// `note`; returns the note.
-async fn wait_for_event(
-    client: &Client,
-    ns: &str,
-    fi: &str,
-    reason: &str,
-    type_: &str,
-    note: impl Fn(&str) -> bool,
-) -> String {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("{type_} event {reason} on {fi}"), WAIT, || async {
-        let seen: Vec<(Option<String>, Option<String>)> = events
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.reason.as_deref() == Some(reason)
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(fi)
-            })
-            .map(|e| (e.type_, e.note))
-            .collect();
-        Ok(
-            match seen
-                .iter()
-                .find(|(t, n)| t.as_deref() == Some(type_) && n.as_deref().is_some_and(&note))
-            {
-                Some((_, n)) => Poll::Ready(n.clone().unwrap_or_default()),
-                None => Poll::Pending(format!("{reason} events: {seen:?}")),
-            },
-        )
-    })
-    .await
-    .unwrap()
-}
-
 fn recorded_request(fi: &FileIntegrity) -> Option<ReinitRequest> {
     ReinitRequest::from_file_integrity(fi).unwrap()
 }

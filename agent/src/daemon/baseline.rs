@@ -165,7 +165,11 @@ impl Store {
     pub fn remove_stale_temporaries(&self) -> io::Result<()> {
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if entry.file_name().as_encoded_bytes().starts_with(b".fim-db-") {
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(b".fim-db-")
+            {
                 fs::remove_file(entry.path())?;
             }
         }
@@ -198,13 +202,23 @@ mod tests {
     #[test]
     fn the_recorded_database_is_used() {
         let a = assess(Path::new(DB), Some(Ok("abc".into())), Some("abc"));
-        assert_eq!(a, Assessment::Use { digest: "abc".into() });
+        assert_eq!(
+            a,
+            Assessment::Use {
+                digest: "abc".into()
+            }
+        );
     }
 
     #[test]
     fn a_database_without_record_is_adopted() {
         let a = assess(Path::new(DB), Some(Ok("abc".into())), None);
-        assert_eq!(a, Assessment::Use { digest: "abc".into() });
+        assert_eq!(
+            a,
+            Assessment::Use {
+                digest: "abc".into()
+            }
+        );
     }
 
     #[test]
@@ -214,8 +228,14 @@ mod tests {
         else {
             panic!("not broken")
         };
-        assert!(reason.contains("has digest evil but the node status records abc"), "{reason}");
-        assert!(reason.contains(DB) && reason.contains("fim.kubefim.io/re-init"), "{reason}");
+        assert!(
+            reason.contains("has digest evil but the node status records abc"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains(DB) && reason.contains("fim.kubefim.io/re-init"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -223,7 +243,10 @@ mod tests {
         let Assessment::Broken { reason } = assess(Path::new(DB), None, Some("abc")) else {
             panic!("not broken")
         };
-        assert!(reason.contains("is missing") && reason.contains("abc"), "{reason}");
+        assert!(
+            reason.contains("is missing") && reason.contains("abc"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -240,7 +263,9 @@ mod tests {
         for i in 0..4 {
             fs::write(store.database(), format!("db {i}")).unwrap();
             fs::write(store.rules(), format!("conf {i}")).unwrap();
-            store.back_up(&format!("2026010{i}T000000.000Z"), 2).unwrap();
+            store
+                .back_up(&format!("2026010{i}T000000.000Z"), 2)
+                .unwrap();
         }
         assert_eq!(
             store.backup_stamps().unwrap(),

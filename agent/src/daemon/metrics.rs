@@ -28,6 +28,8 @@ pub struct Metrics {
     pub last_successful_scan: IntGauge,
     /// Current findings per kind (`added`, `changed`, `removed`).
     pub findings: IntGaugeVec,
+    /// 1 while scanning is paused (holdoff annotation, cordoned node).
+    pub paused: IntGauge,
     /// Node status writes that failed (the API server was unreachable or refused).
     pub publish_errors: IntCounter,
 }
@@ -52,11 +54,13 @@ impl Metrics {
             &["kind", "result"],
         )
         .expect("valid counter");
-        let files_hashed =
-            IntCounter::new("fim_agent_files_hashed_total", "Files whose content was hashed")
-                .expect("valid counter");
-        let bytes_hashed = IntCounter::new("fim_agent_bytes_hashed_total", "Bytes hashed")
-            .expect("valid counter");
+        let files_hashed = IntCounter::new(
+            "fim_agent_files_hashed_total",
+            "Files whose content was hashed",
+        )
+        .expect("valid counter");
+        let bytes_hashed =
+            IntCounter::new("fim_agent_bytes_hashed_total", "Bytes hashed").expect("valid counter");
         let realtime_events = IntCounter::new(
             "fim_agent_realtime_events_total",
             "Batches of filesystem change events handled",
@@ -80,6 +84,11 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid gauge");
+        let paused = IntGauge::new(
+            "fim_agent_paused",
+            "1 while scans are paused by the holdoff annotation or a cordoned node",
+        )
+        .expect("valid gauge");
         let publish_errors = IntCounter::new(
             "fim_agent_publish_errors_total",
             "Failed writes of the node status or failure report (retried)",
@@ -94,6 +103,7 @@ impl Metrics {
             Box::new(realtime_overflows.clone()),
             Box::new(last_successful_scan.clone()),
             Box::new(findings.clone()),
+            Box::new(paused.clone()),
             Box::new(publish_errors.clone()),
         ] {
             registry.register(c).expect("unique metric names");
@@ -114,6 +124,7 @@ impl Metrics {
             realtime_overflows,
             last_successful_scan,
             findings,
+            paused,
             publish_errors,
         }
     }

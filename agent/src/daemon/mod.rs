@@ -171,9 +171,10 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         .map(|s| s.spec)
         .unwrap_or_else(|| FileIntegrityNodeStatusFields::new(&args.node));
     let control = Arc::new(Control::default());
-    control
-        .holdoff
-        .store(fi.annotations().contains_key(labels::HOLDOFF), Ordering::SeqCst);
+    control.holdoff.store(
+        fi.annotations().contains_key(labels::HOLDOFF),
+        Ordering::SeqCst,
+    );
     if let Ok(cordoned) = api.node_cordoned().await {
         control.cordoned.store(cordoned, Ordering::SeqCst);
     }
@@ -184,7 +185,12 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
     let (publish, publications) = watch::channel(None::<Publication>);
     let (published, mut published_rx) = watch::channel(0u64);
-    tokio::spawn(publisher(api.clone(), publications, published, metrics.clone()));
+    tokio::spawn(publisher(
+        api.clone(),
+        publications,
+        published,
+        metrics.clone(),
+    ));
 
     let store = baseline::Store::new(&args.db_dir, &args.file_integrity);
     // A request recorded before the start is answered by the first baseline, or re-baselines.
@@ -196,9 +202,9 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         Settings {
             root: args.root.clone(),
             node: args.node.clone(),
-            threads: args.threads.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(2, |n| n.get())
-            }),
+            threads: args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             max_backups: args.max_backups,
             full_scan_every: args.full_scan_every.map(Duration::from_secs),
         },
@@ -225,14 +231,25 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     if let Some(id) = initial_request {
         let _ = jobs.send(Job::Reinit { id });
     }
+    metrics.paused.set(control.paused() as i64);
     tokio::spawn(watch_file_integrity(
         client.clone(),
         args.clone(),
         control.clone(),
         jobs.clone(),
+        metrics.clone(),
     ));
-    tokio::spawn(watch_node(client.clone(), args.node.clone(), control.clone(), jobs.clone()));
-    tokio::spawn(tick(Duration::from_secs(args.grace_period.max(1)), jobs.clone()));
+    tokio::spawn(watch_node(
+        client.clone(),
+        args.node.clone(),
+        control.clone(),
+        jobs.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(tick(
+        Duration::from_secs(args.grace_period.max(1)),
+        jobs.clone(),
+    ));
     if args.realtime {
         start_realtime(&args, &api, jobs.clone(), metrics.clone()).await;
     }
@@ -318,6 +335,7 @@ async fn watch_file_integrity(
     args: DaemonArgs,
     control: Arc<Control>,
     jobs: crossbeam_channel::Sender<Job>,
+    metrics: Arc<Metrics>,
 ) {
     let api: Api<FileIntegrity> = Api::namespaced(client, &args.namespace);
     let config =
@@ -331,6 +349,7 @@ async fn watch_file_integrity(
             Ok(Some(fi)) => {
                 let holdoff = fi.annotations().contains_key(labels::HOLDOFF);
                 let was = control.holdoff.swap(holdoff, Ordering::SeqCst);
+                metrics.paused.set(control.paused() as i64);
                 if was && !holdoff {
                     // What changed during maintenance is reported now, never laundered.
                     let _ = jobs.send(Job::Check { full: true });
@@ -356,6 +375,7 @@ async fn watch_node(
     node: String,
     control: Arc<Control>,
     jobs: crossbeam_channel::Sender<Job>,
+    metrics: Arc<Metrics>,
 ) {
     let api: Api<Node> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
@@ -368,6 +388,7 @@ async fn watch_node(
             Ok(Some(n)) => {
                 let cordoned = n.spec.and_then(|s| s.unschedulable).unwrap_or(false);
                 let was = control.cordoned.swap(cordoned, Ordering::SeqCst);
+                metrics.paused.set(control.paused() as i64);
                 if was && !cordoned {
                     let _ = jobs.send(Job::Check { full: true });
                 }
@@ -494,7 +515,10 @@ mod tests {
             node_path(root, Path::new("/tmp/node-a/etc/hosts")),
             Some(b"/etc/hosts".to_vec())
         );
-        assert_eq!(node_path(root, Path::new("/tmp/node-a")), Some(b"/".to_vec()));
+        assert_eq!(
+            node_path(root, Path::new("/tmp/node-a")),
+            Some(b"/".to_vec())
+        );
         assert_eq!(node_path(root, Path::new("/tmp/node-b/etc")), None);
         assert_eq!(
             node_path(Path::new("/"), Path::new("/etc/x")),

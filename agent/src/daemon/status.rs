@@ -240,7 +240,10 @@ mod tests {
             last.result_config_map_name.as_deref(),
             Some("worker-fi-node-a-failed")
         );
-        assert_eq!(last.result_config_map_namespace.as_deref(), Some("kube-fim"));
+        assert_eq!(
+            last.result_config_map_namespace.as_deref(),
+            Some("kube-fim")
+        );
         assert_eq!(fields.results.len(), 2, "one per condition");
         assert_eq!(fields.changed_paths, ["/etc/f\\nx"]);
 
@@ -252,7 +255,12 @@ mod tests {
         );
         assert_eq!(fields.results.len(), 3);
         assert_eq!(
-            fields.last_result.as_ref().unwrap().error_message.as_deref(),
+            fields
+                .last_result
+                .as_ref()
+                .unwrap()
+                .error_message
+                .as_deref(),
             Some("boom")
         );
     }
@@ -265,7 +273,10 @@ mod tests {
         let labels = status.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[labels::OWNER], "worker-fi");
         assert_eq!(labels[labels::NODE], "node-a");
-        assert_eq!(status.metadata.annotations.as_ref().unwrap()[ACK_ANNOTATION], "4");
+        assert_eq!(
+            status.metadata.annotations.as_ref().unwrap()[ACK_ANNOTATION],
+            "4"
+        );
         let reference = &status.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (reference.kind.as_str(), reference.uid.as_str()),
@@ -281,7 +292,10 @@ mod tests {
             cm.metadata.annotations.as_ref().unwrap()[labels::COMPRESSED],
             "true"
         );
-        assert_eq!(cm.metadata.labels.as_ref().unwrap()[labels::RESULT_LOG], "true");
+        assert_eq!(
+            cm.metadata.labels.as_ref().unwrap()[labels::RESULT_LOG],
+            "true"
+        );
         assert_eq!(cm.metadata.labels.as_ref().unwrap()[labels::NODE], "node-a");
     }
 }

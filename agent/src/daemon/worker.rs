@@ -11,12 +11,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube_fim_crds::FileIntegrityNodeStatusFields;
 use tokio::sync::watch;
 
+use super::Publication;
 use super::api::NodeApi;
 use super::baseline::{self, Assessment, Store};
 use super::findings::Findings;
 use super::metrics::Metrics;
 use super::status::{self, BaselineRecord, Owner, Report};
-use super::Publication;
 use crate::config::{Config, ParseContext};
 use crate::db::{DbReader, DbWriter, FORMAT_VERSION, Header};
 use crate::failure_report::{self, Limits, failure_config_map_data};
@@ -31,11 +31,17 @@ const MAX_SCOPE: usize = 2000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Job {
     /// A periodic check; `full` forces a rehash of every file.
-    Check { full: bool },
+    Check {
+        full: bool,
+    },
     /// Rescan these node paths (from the change watcher).
-    Rescan { paths: Vec<Vec<u8>> },
+    Rescan {
+        paths: Vec<Vec<u8>>,
+    },
     /// Back up and re-create the baseline, then acknowledge request `id`.
-    Reinit { id: u64 },
+    Reinit {
+        id: u64,
+    },
     Stop,
 }
 
@@ -273,8 +279,8 @@ impl Worker {
                 config_digest: config.digest(),
                 root: self.settings.root.display().to_string(),
             };
-            let out = DbWriter::create(&self.store.database(), &header)
-                .map_err(|e| e.to_string())?;
+            let out =
+                DbWriter::create(&self.store.database(), &header).map_err(|e| e.to_string())?;
             let outcome = scan(&config, &self.scan_options(false, None), None, Some(out))
                 .map_err(|e| format!("the initial scan failed: {e}"))?;
             write_atomically(&self.store.rules(), text.as_bytes())
@@ -338,7 +344,11 @@ impl Worker {
         match result {
             Ok(outcome) => {
                 let findings = Findings::from_outcome(&outcome);
-                let verdict = if findings.is_clean() { "succeeded" } else { "failed" };
+                let verdict = if findings.is_clean() {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
                 self.observe(kind, started, &outcome.stats, verdict);
                 if full {
                     self.last_full = Some(started);
@@ -353,7 +363,10 @@ impl Worker {
                 self.publish_findings();
             }
             Err(e) => {
-                self.metrics.scans.with_label_values(&[kind, "errored"]).inc();
+                self.metrics
+                    .scans
+                    .with_label_values(&[kind, "errored"])
+                    .inc();
                 self.errored(format!("the {kind} check failed: {e}"));
             }
         }
@@ -378,7 +391,11 @@ impl Worker {
                     return;
                 };
                 let changed = findings.merge_scoped(&scope, &outcome);
-                let verdict = if findings.is_clean() { "succeeded" } else { "failed" };
+                let verdict = if findings.is_clean() {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
                 self.observe("realtime", started, &outcome.stats, verdict);
                 if changed {
                     self.publish_findings();
@@ -435,8 +452,7 @@ impl Worker {
         m.scans.with_label_values(&[kind, verdict]).inc();
         m.files_hashed.inc_by(stats.files_hashed);
         m.bytes_hashed.inc_by(stats.bytes_hashed);
-        m.last_successful_scan
-            .set(Timestamp::now().as_second());
+        m.last_successful_scan.set(Timestamp::now().as_second());
     }
 
     /// The baseline is not trustworthy: scans stop until a re-init request.
@@ -477,7 +493,10 @@ impl Worker {
         };
         let (added, changed, removed) = findings.counts();
         for (kind, n) in [("added", added), ("changed", changed), ("removed", removed)] {
-            self.metrics.findings.with_label_values(&[kind]).set(n as i64);
+            self.metrics
+                .findings
+                .with_label_values(&[kind])
+                .set(n as i64);
         }
         let cm_name = failure_report::config_map_name(&self.owner.name, &self.settings.node);
         let failure = (!findings.is_clean()).then(|| {
@@ -516,8 +535,12 @@ impl Worker {
 
     fn send(&mut self, failure: Option<k8s_openapi::api::core::v1::ConfigMap>) {
         self.sequence += 1;
-        let status =
-            status::node_status(&self.owner, &self.settings.node, &self.fields, self.acknowledged);
+        let status = status::node_status(
+            &self.owner,
+            &self.settings.node,
+            &self.fields,
+            self.acknowledged,
+        );
         // Only the latest publication matters: an unreachable API server gets the newest result.
         self.publish.send_replace(Some(Publication {
             sequence: self.sequence,
@@ -557,7 +580,11 @@ mod tests {
         p.add(Job::Reinit { id: 3 });
         p.add(Job::Reinit { id: 2 });
         assert_eq!(p.check, Some(true), "a full check anywhere wins");
-        assert_eq!(p.reinit, Some(3), "the newest request answers the older ones");
+        assert_eq!(
+            p.reinit,
+            Some(3),
+            "the newest request answers the older ones"
+        );
         assert_eq!(p.rescan.len(), 2);
         assert!(!p.stop);
         p.add(Job::Stop);

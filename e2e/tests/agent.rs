@@ -1,0 +1,741 @@
+//! Tamper to alert, end to end: the operator and one real `fim-agent daemon` per node (each with
+//! its own root tree and a token bound to the agent pod kwok runs on that node). A file changed
+//! on a node shows up in its FileIntegrityNodeStatus, the failure ConfigMap, the Warning event,
+//! the operator's `node_failed` metric and a firing Prometheus alert.
+//!
+//! Build first: `cargo build -p kube-fim-operator -p kube-fim-agent` (`make e2e` does).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use kube_fim_crds::{
+    FileIntegrity, FileIntegrityNodeStatus, FileIntegrityPhase, ScanCondition, labels,
+    reinit::acknowledged_id,
+};
+use kube_fim_e2e::agents::{AgentProcess, AgentSpec};
+use kube_fim_e2e::fixtures::*;
+use kube_fim_e2e::prometheus::Prometheus;
+use kube_fim_e2e::proxy::Relay;
+use kube_fim_e2e::{KwokNodes, Poll, TestNamespace, client, repo_root, wait_for};
+use serde_json::json;
+
+/// Rules for the test trees: files by content and metadata, directories by ownership and mode
+/// (so adding a file counts as one added file, not also a changed directory).
+const RULES: &str = "\
+CONTENT = sha256+ftype+p+u+g+n+s+m+c
+DIRS = ftype+p+u+g
+/etc d DIRS
+/etc f,l CONTENT
+/usr/bin d DIRS
+/usr/bin f,l CONTENT
+";
+
+fn node_tree(root: &Path) {
+    for d in ["etc/app", "usr/bin", "var/log"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    fs::write(root.join("etc/app/app.conf"), "listen 8080\n").unwrap();
+    fs::write(root.join("etc/app/secret"), "s3cr3t\n").unwrap();
+    fs::write(root.join("usr/bin/tool"), "#!/bin/sh\necho tool\n").unwrap();
+    fs::write(root.join("var/log/messages"), "not monitored\n").unwrap();
+}
+
+/// A namespace with its own nodes, the operator, a FileIntegrity over those nodes, and an agent
+/// process per node; Active when returned.
+struct Setup {
+    client: Client,
+    ns: TestNamespace,
+    _nodes: KwokNodes,
+    nodes: Vec<String>,
+    operator: Operator,
+    fi: String,
+    agents: Vec<AgentProcess>,
+    _dir: tempfile::TempDir,
+}
+
+struct Options {
+    nodes: usize,
+    max_backups: u32,
+    realtime: bool,
+    /// Connect the agents through this relay instead of directly.
+    relay: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 1,
+            max_backups: 2,
+            realtime: true,
+            relay: None,
+        }
+    }
+}
+
+impl Setup {
+    async fn new(prefix: &str, opts: Options) -> Setup {
+        let client = client().await.unwrap();
+        let (ns, kwok, label) = namespace_with_nodes(&client, prefix, opts.nodes, &[]).await;
+        let nodes = kwok.names.clone();
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+        cms.create(&PostParams::default(), &rules_config_map(RULES))
+            .await
+            .unwrap();
+        let operator = Operator::start(&ns.name);
+        let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns.name);
+        let fi = file_integrity(
+            "nodes",
+            json!({
+                "nodeSelector": {label: "yes"},
+                "config": {"name": "rules", "namespace": ns.name, "key": "aide.conf",
+                           "gracePeriod": 10, "maxBackups": opts.max_backups},
+                "realtime": opts.realtime,
+            }),
+        );
+        fis.create(&PostParams::default(), &fi).await.unwrap();
+        let pods = agent_pods(&client, &ns.name, "nodes", &nodes).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut agents = Vec::new();
+        for node in &nodes {
+            let spec = AgentSpec {
+                file_integrity: "nodes".into(),
+                namespace: ns.name.clone(),
+                node: node.clone(),
+                grace_period: 10,
+                max_backups: opts.max_backups,
+                realtime: opts.realtime,
+            };
+            let agent = AgentProcess::start(
+                &client,
+                spec,
+                &pods[node],
+                dir.path(),
+                opts.relay.as_deref(),
+                node_tree,
+            )
+            .await
+            .unwrap();
+            agents.push(agent);
+        }
+        let setup = Setup {
+            client,
+            ns,
+            _nodes: kwok,
+            nodes,
+            operator,
+            fi: "nodes".into(),
+            agents,
+            _dir: dir,
+        };
+        setup.wait_for_phase(FileIntegrityPhase::Active).await;
+        setup
+    }
+
+    fn fis(&self) -> Api<FileIntegrity> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    fn statuses(&self) -> Api<FileIntegrityNodeStatus> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    async fn wait_for_phase(&self, phase: FileIntegrityPhase) -> FileIntegrity {
+        let n = i32::try_from(self.nodes.len()).unwrap();
+        let logs = self.logs();
+        let result = wait_for(&format!("phase {phase:?}"), WAIT, || async {
+            let fi = self.fis().get(&self.fi).await?;
+            let ready = fi.status.as_ref().is_some_and(|s| {
+                s.phase == phase && (phase != FileIntegrityPhase::Active || s.nodes == n)
+            });
+            Ok(if ready {
+                Poll::Ready(fi)
+            } else {
+                Poll::Pending(format!("status: {:?}", fi.status))
+            })
+        })
+        .await;
+        result.unwrap_or_else(|e| panic!("{e}\nagent logs:\n{logs}"))
+    }
+
+    /// Waits until node `i`'s status satisfies `check`.
+    async fn wait_for_status(
+        &self,
+        i: usize,
+        what: &str,
+        check: impl Fn(&FileIntegrityNodeStatus) -> bool,
+    ) -> FileIntegrityNodeStatus {
+        let name = FileIntegrityNodeStatus::name_for(&self.fi, &self.nodes[i]);
+        let result = wait_for(what, WAIT, || async {
+            let status = self.statuses().get_opt(&name).await?;
+            Ok(match status {
+                Some(s) if check(&s) => Poll::Ready(s),
+                other => Poll::Pending(format!("{:?}", other.map(|s| s.spec))),
+            })
+        })
+        .await;
+        result.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.agents[i].log_tail()))
+    }
+
+    async fn failure_report(&self, i: usize) -> String {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let cm = cms
+            .get(&format!("{}-{}-failed", self.fi, self.nodes[i]))
+            .await
+            .unwrap();
+        let compressed = cm.annotations().contains_key(labels::COMPRESSED);
+        let data = cm.data.unwrap_or_default();
+        fim_agent::failure_report::decode_failure_log(&data["integritylog"], compressed).unwrap()
+    }
+
+    fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| format!("--- {}\n{}", a.spec.node, a.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn annotate(&self, key: &str, value: Option<&str>) {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        self.fis()
+            .patch(&self.fi, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    async fn set_rules(&self, text: &str) {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let patch = json!({"data": {"aide.conf": text}});
+        cms.patch("rules", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+}
+
+fn rules_config_map(text: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("rules".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("aide.conf".to_owned(), text.to_owned())])),
+        ..Default::default()
+    }
+}
+
+fn last(s: &FileIntegrityNodeStatus) -> Option<(ScanCondition, i64, i64, i64)> {
+    s.spec
+        .last_result
+        .as_ref()
+        .map(|r| (r.condition, r.files_added, r.files_changed, r.files_removed))
+}
+
+fn is(
+    condition: ScanCondition,
+    a: i64,
+    c: i64,
+    r: i64,
+) -> impl Fn(&FileIntegrityNodeStatus) -> bool {
+    move |s| last(s) == Some((condition, a, c, r))
+}
+
+fn succeeded() -> impl Fn(&FileIntegrityNodeStatus) -> bool {
+    is(ScanCondition::Succeeded, 0, 0, 0)
+}
+
+#[tokio::test]
+async fn a_changed_added_or_removed_file_reaches_status_report_event_metric_and_alert() {
+    let s = Setup::new(
+        "agent-tamper",
+        Options {
+            nodes: 3,
+            ..Options::default()
+        },
+    )
+    .await;
+    for (i, node) in s.nodes.iter().enumerate() {
+        let st = s.wait_for_status(i, "Succeeded", succeeded()).await;
+        assert!(
+            st.spec
+                .baseline_digest
+                .as_ref()
+                .is_some_and(|d| d.len() == 64)
+        );
+        assert!(st.spec.baseline_created.is_some());
+        wait_for_metric(
+            &s.operator,
+            &format!("file_integrity_operator_node_failed{{node=\"{node}\"}} 0"),
+        )
+        .await;
+    }
+    let prometheus = Prometheus::start(
+        &[format!("127.0.0.1:{}", s.operator.metrics_port)],
+        &[repo_root().join("config/prometheus/rules.yaml")],
+    )
+    .await
+    .unwrap();
+
+    // Changed on node 0, added on node 1, removed on node 2.
+    let root = |i: usize| s.agents[i].root.clone();
+    fs::write(root(0).join("etc/app/app.conf"), "listen 31337\n").unwrap();
+    fs::write(root(1).join("usr/bin/backdoor"), "#!/bin/sh\nnc -l 4444\n").unwrap();
+    fs::remove_file(root(2).join("etc/app/secret")).unwrap();
+    let expected = [
+        ((0, 1, 0), "/etc/app/app.conf"),
+        ((1, 0, 0), "/usr/bin/backdoor"),
+        ((0, 0, 1), "/etc/app/secret"),
+    ];
+    for (i, ((a, c, r), path)) in expected.iter().enumerate() {
+        let node = &s.nodes[i];
+        let st = s
+            .wait_for_status(
+                i,
+                &format!("{node}: {path}"),
+                is(ScanCondition::Failed, *a, *c, *r),
+            )
+            .await;
+        assert_eq!(st.spec.changed_paths, [*path]);
+        let result = st.spec.last_result.as_ref().unwrap();
+        let cm_name = format!("{}-{node}-failed", s.fi);
+        assert_eq!(
+            result.result_config_map_name.as_deref(),
+            Some(cm_name.as_str())
+        );
+        let report = s.failure_report(i).await;
+        assert!(report.contains(path), "{report}");
+
+        let message = format!(
+            "node {node} has changed! a:{a},c:{c},r:{r} log:{}/{cm_name}",
+            s.ns.name
+        );
+        wait_for_event(
+            &s.client,
+            &s.ns.name,
+            &s.fi,
+            "NodeIntegrityStatus",
+            "Warning",
+            |n| n == message,
+        )
+        .await;
+        wait_for_metric(
+            &s.operator,
+            &format!("file_integrity_operator_node_failed{{node=\"{node}\"}} 1"),
+        )
+        .await;
+        let alert = format!(
+            "ALERTS{{alertname=\"NodeHasIntegrityFailure\",alertstate=\"firing\",node=\"{node}\"}}"
+        );
+        assert_eq!(
+            prometheus.wait_for_value(&alert, WAIT).await.unwrap(),
+            1.0,
+            "{alert}"
+        );
+    }
+    let fi = s.fis().get(&s.fi).await.unwrap();
+    assert_eq!(
+        fi.status.unwrap().phase,
+        FileIntegrityPhase::Active,
+        "failures do not change the phase"
+    );
+}
+
+#[tokio::test]
+async fn reinit_rebaselines_acknowledges_and_prunes_backups() {
+    let s = Setup::new(
+        "agent-reinit",
+        Options {
+            max_backups: 1,
+            ..Options::default()
+        },
+    )
+    .await;
+    let first = s.wait_for_status(0, "Succeeded", succeeded()).await;
+    fs::write(s.agents[0].root.join("etc/hosts"), "10.0.0.1 evil\n").unwrap();
+    s.wait_for_status(0, "Failed", is(ScanCondition::Failed, 0, 1, 0))
+        .await;
+
+    let mut digests = vec![first.spec.baseline_digest.clone().unwrap()];
+    for round in 1..=3u64 {
+        // A different tree each round, so each baseline differs.
+        fs::write(s.agents[0].root.join("etc/app/round"), round.to_string()).unwrap();
+        s.annotate(labels::REINIT, Some("")).await;
+        let st = s
+            .wait_for_status(0, &format!("re-init {round} acknowledged"), |st| {
+                acknowledged_id(st) >= Some(round)
+                    && last(st) == Some((ScanCondition::Succeeded, 0, 0, 0))
+            })
+            .await;
+        let digest = st.spec.baseline_digest.clone().unwrap();
+        assert!(!digests.contains(&digest), "a new baseline each time");
+        digests.push(digest);
+        wait_for_fi(&s.fis(), &s.fi, "annotation removed, Active", |fi| {
+            !fi.annotations().contains_key(labels::REINIT)
+                && fi
+                    .status
+                    .as_ref()
+                    .is_some_and(|st| st.phase == FileIntegrityPhase::Active)
+        })
+        .await;
+    }
+    let backups: Vec<String> = fs::read_dir(s.agents[0].db_dir.join("nodes/backups"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".db"))
+        .collect();
+    assert_eq!(backups.len(), 1, "maxBackups 1: {backups:?}");
+
+    // The re-baselined state is clean: a change after it is reported against it.
+    fs::write(s.agents[0].root.join("etc/hosts"), "10.0.0.2 evil\n").unwrap();
+    s.wait_for_status(0, "Failed again", is(ScanCondition::Failed, 0, 1, 0))
+        .await;
+}
+
+#[tokio::test]
+async fn a_bad_config_never_costs_the_agents_their_baseline() {
+    let s = Setup::new("agent-config", Options::default()).await;
+    let before = s.wait_for_status(0, "Succeeded", succeeded()).await;
+    s.set_rules("/etc BOGUS_GROUP\n").await;
+    let fi = s.wait_for_phase(FileIntegrityPhase::Error).await;
+    let cond = fi.status.unwrap().conditions;
+    assert!(
+        cond.iter().any(|c| c.message.contains("aide.conf:1")),
+        "{cond:?}"
+    );
+
+    // The agent still checks against its baseline with the last good rules.
+    fs::write(s.agents[0].root.join("etc/app/app.conf"), "changed\n").unwrap();
+    let st = s
+        .wait_for_status(0, "still detecting", is(ScanCondition::Failed, 0, 1, 0))
+        .await;
+    assert_eq!(st.spec.baseline_digest, before.spec.baseline_digest);
+
+    // Fixed (and different): a re-init request re-baselines with the new rules.
+    s.set_rules(&format!("{RULES}/var/log f CONTENT\n")).await;
+    let st = s
+        .wait_for_status(0, "re-baselined with the new rules", |st| {
+            st.spec.baseline_digest != before.spec.baseline_digest && succeeded()(st)
+        })
+        .await;
+    assert!(acknowledged_id(&st).is_some());
+    s.wait_for_phase(FileIntegrityPhase::Active).await;
+    fs::write(s.agents[0].root.join("var/log/messages"), "now monitored\n").unwrap();
+    s.wait_for_status(0, "new rule applies", is(ScanCondition::Failed, 0, 1, 0))
+        .await;
+}
+
+#[tokio::test]
+async fn ten_thousand_added_files_give_a_compressed_report_with_the_right_counts() {
+    let s = Setup::new("agent-bulk", Options::default()).await;
+    s.wait_for_status(0, "Succeeded", succeeded()).await;
+    let bulk = s.agents[0].root.join("etc/bulk");
+    fs::create_dir(&bulk).unwrap();
+    // Names like a deep vendor tree's: the report (one line per file) passes 1 MiB.
+    let name = |i: usize| format!("{}-generated-config-file-{i:05}.conf", "x".repeat(80));
+    for i in 0..10_000 {
+        fs::write(bulk.join(name(i)), i.to_string()).unwrap();
+    }
+    // 10,000 files plus their new directory.
+    let st = s
+        .wait_for_status(0, "10,001 added", is(ScanCondition::Failed, 10_001, 0, 0))
+        .await;
+    assert_eq!(st.spec.changed_paths.len(), 100, "the first 100 paths");
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let cm = cms
+        .get(&format!("nodes-{}-failed", s.nodes[0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        cm.annotations().get(labels::COMPRESSED).map(String::as_str),
+        Some("true")
+    );
+    let report = s.failure_report(0).await;
+    assert!(report.len() > 1024 * 1024, "{} bytes", report.len());
+    assert!(report.contains(&format!("/etc/bulk/{}", name(0))));
+    assert!(report.contains(&format!("/etc/bulk/{}", name(9999))));
+}
+
+#[tokio::test]
+async fn a_replaced_baseline_is_an_error_never_a_silent_rebaseline() {
+    let mut s = Setup::new(
+        "agent-swap",
+        Options {
+            realtime: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let good = s.wait_for_status(0, "Succeeded", succeeded()).await;
+    let recorded = good.spec.baseline_digest.clone().unwrap();
+    s.agents[0].stop();
+
+    // An attacker baselines the tampered tree with the same tool and swaps the file in.
+    let root = s.agents[0].root.clone();
+    fs::write(root.join("usr/bin/tool"), "#!/bin/sh\nevil\n").unwrap();
+    let db = s.agents[0].db_dir.join("nodes/baseline.db");
+    let rules = s.agents[0].db_dir.join("nodes/baseline.conf");
+    let forged = s.agents[0].db_dir.join("forged.db");
+    let out = std::process::Command::new(agent_binary())
+        .args(["init", "--root"])
+        .arg(&root)
+        .arg("--config")
+        .arg(&rules)
+        .arg("--db")
+        .arg(&forged)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::rename(&forged, &db).unwrap();
+    let forged_bytes = fs::read(&db).unwrap();
+
+    s.agents[0].restart().unwrap();
+    let st = s
+        .wait_for_status(0, "Errored", |st| {
+            st.spec
+                .last_result
+                .as_ref()
+                .is_some_and(|r| r.condition == ScanCondition::Errored)
+        })
+        .await;
+    let message = st.spec.last_result.unwrap().error_message.unwrap();
+    assert!(
+        message.contains("replaced or modified outside a re-init request"),
+        "{message}"
+    );
+    assert!(message.contains(&recorded), "{message}");
+    assert_eq!(fs::read(&db).unwrap(), forged_bytes, "kept for inspection");
+
+    // Only a re-init request gets out of it; the forged file goes to the backups.
+    s.annotate(labels::REINIT, Some("")).await;
+    s.wait_for_status(0, "re-baselined", |st| {
+        succeeded()(st) && st.spec.baseline_digest.as_ref() != Some(&recorded)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restarted_agent_keeps_its_baseline_and_reports_no_false_changes() {
+    let mut s = Setup::new("agent-restart", Options::default()).await;
+    let before = s.wait_for_status(0, "Succeeded", succeeded()).await;
+    let probe = before.spec.last_result.clone().unwrap().last_probe_time;
+    s.agents[0].kill();
+    s.agents[0].restart().unwrap();
+    let after = s
+        .wait_for_status(0, "a new check after the restart", |st| {
+            st.spec
+                .last_result
+                .as_ref()
+                .is_some_and(|r| r.last_probe_time != probe)
+        })
+        .await;
+    assert_eq!(last(&after), Some((ScanCondition::Succeeded, 0, 0, 0)));
+    assert_eq!(after.spec.baseline_digest, before.spec.baseline_digest);
+    assert_eq!(after.spec.baseline_created, before.spec.baseline_created);
+}
+
+#[tokio::test]
+async fn results_found_while_the_api_server_is_unreachable_arrive_afterwards() {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kube_fim_e2e::kubeconfig_path()).unwrap();
+    let server = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .server
+        .clone()
+        .unwrap();
+    let upstream = server.trim_start_matches("https://").to_owned();
+    let mut relay = Relay::start(&upstream).await.unwrap();
+    let mut s = Setup::new(
+        "agent-offline",
+        Options {
+            relay: Some(relay.url.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    s.wait_for_status(0, "Succeeded", succeeded()).await;
+
+    relay.cut();
+    fs::write(
+        s.agents[0].root.join("etc/hosts"),
+        "10.9.9.9 offline-change\n",
+    )
+    .unwrap();
+    // The agent detects it and fails to publish (its own metrics say so) ...
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", s.agents[0].metrics_port);
+    wait_for("a failed publish", WAIT, || async {
+        let body = http_get(&metrics_url).await;
+        let failed = metric(&body, "fim_agent_publish_errors_total").unwrap_or(0.0);
+        let found = body.contains("fim_agent_findings{kind=\"changed\"} 1");
+        Ok(if failed >= 1.0 && found {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(body)
+        })
+    })
+    .await
+    .unwrap();
+    let status = s
+        .statuses()
+        .get(&FileIntegrityNodeStatus::name_for(&s.fi, &s.nodes[0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        last(&status),
+        Some((ScanCondition::Succeeded, 0, 0, 0)),
+        "nothing got through"
+    );
+    assert!(s.agents[0].running());
+
+    // ... and the result arrives once the API server is reachable again.
+    relay.restore().await.unwrap();
+    s.wait_for_status(0, "the offline finding", is(ScanCondition::Failed, 0, 1, 0))
+        .await;
+}
+
+#[tokio::test]
+async fn newline_and_non_utf8_names_are_reported_exactly() {
+    let s = Setup::new("agent-names", Options::default()).await;
+    s.wait_for_status(0, "Succeeded", succeeded()).await;
+    let etc = s.agents[0].root.join("etc");
+    fs::write(etc.join("line\nbreak"), "x").unwrap();
+    fs::write(
+        etc.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9")),
+        "y",
+    )
+    .unwrap();
+    let st = s
+        .wait_for_status(0, "2 added", is(ScanCondition::Failed, 2, 0, 0))
+        .await;
+    assert_eq!(
+        st.spec.changed_paths,
+        ["/etc/latin1-\\xe9t\\xe9", "/etc/line\\nbreak"]
+    );
+    let report = s.failure_report(0).await;
+    assert!(report.contains("/etc/line\\nbreak"), "{report}");
+    assert!(report.contains("/etc/latin1-\\xe9t\\xe9"), "{report}");
+}
+
+#[tokio::test]
+async fn changes_during_holdoff_are_reported_when_it_ends() {
+    let s = Setup::new("agent-holdoff", Options::default()).await;
+    s.wait_for_status(0, "Succeeded", succeeded()).await;
+    s.annotate(labels::HOLDOFF, Some("node upgrade")).await;
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", s.agents[0].metrics_port);
+    wait_for("holdoff in effect", WAIT, || async {
+        let body = http_get(&metrics_url).await;
+        Ok(if metric(&body, "fim_agent_paused") == Some(1.0) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(body)
+        })
+    })
+    .await
+    .unwrap();
+    let events = metric(
+        &http_get(&metrics_url).await,
+        "fim_agent_realtime_events_total",
+    )
+    .unwrap();
+    fs::write(s.agents[0].root.join("etc/maintenance"), "upgrade").unwrap();
+    fs::remove_file(s.agents[0].root.join("etc/hosts")).unwrap();
+    wait_for("the change events seen", WAIT, || async {
+        let body = http_get(&metrics_url).await;
+        let now = metric(&body, "fim_agent_realtime_events_total").unwrap_or(0.0);
+        Ok(if now > events {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(body)
+        })
+    })
+    .await
+    .unwrap();
+    let status = s
+        .statuses()
+        .get(&FileIntegrityNodeStatus::name_for(&s.fi, &s.nodes[0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        last(&status),
+        Some((ScanCondition::Succeeded, 0, 0, 0)),
+        "no scan during holdoff"
+    );
+
+    s.annotate(labels::HOLDOFF, None).await;
+    // What changed during the holdoff is reported when it ends, not laundered into the baseline.
+    s.wait_for_status(
+        0,
+        "reported after holdoff",
+        is(ScanCondition::Failed, 1, 0, 1),
+    )
+    .await;
+}
+
+/// Detection latency: 100 successive changes, each one timed from the write to its node status
+/// (polled every 5 ms). Prints p50/p99 and writes them to `e2e/.cluster/latency.txt` (the
+/// README's numbers); every change must be detected, the timing itself is not asserted.
+#[tokio::test]
+async fn detection_latency_over_a_hundred_changes() {
+    let s = Setup::new("agent-latency", Options::default()).await;
+    s.wait_for_status(0, "Succeeded", succeeded()).await;
+    let name = FileIntegrityNodeStatus::name_for(&s.fi, &s.nodes[0]);
+    let dir = s.agents[0].root.join("etc/app");
+    let mut latencies = Vec::new();
+    for i in 1..=100i64 {
+        let started = Instant::now();
+        fs::write(dir.join(format!("drop-{i:03}")), i.to_string()).unwrap();
+        loop {
+            let st = s.statuses().get(&name).await.unwrap();
+            if last(&st).is_some_and(|(_, added, _, _)| added == i) {
+                break;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "change {i} not detected: {:?}",
+                last(&st)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    let line = format!(
+        "detection latency over {} changes: p50 {:?}, p99 {:?}, max {:?}\n",
+        latencies.len(),
+        p(0.50),
+        p(0.99),
+        latencies.last().unwrap()
+    );
+    println!("{line}");
+    fs::write(kube_fim_e2e::state_dir().join("latency.txt"), line).unwrap();
+}
+
+async fn http_get(url: &str) -> String {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        ureq::get(&url)
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The value of the sample `name` (with its labels, exactly) in a Prometheus text exposition.
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
