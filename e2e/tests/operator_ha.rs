@@ -757,3 +757,51 @@ async fn deleting_a_file_integrity_leaves_nothing_behind() {
     drop(node);
     ns.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_leader_whose_lease_is_taken_stops_and_exits() {
+    let client = client().await.unwrap();
+    apply_crds(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "ha-fence").await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let mut operator = Operator::start(&ns.name, "fenced");
+    wait_ready(&operator, "ok: leader").await;
+
+    // Someone else holds the Lease now (as after a partition in which a standby took over).
+    let now = k8s_openapi::jiff::Timestamp::now();
+    leases
+        .patch(
+            LEASE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "holderIdentity": "intruder",
+                "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now),
+                "leaseDurationSeconds": 3600,
+            }})),
+        )
+        .await
+        .unwrap();
+    let status = wait_for(
+        "the former leader to exit",
+        Duration::from_secs(LEASE_SECONDS + 10),
+        || {
+            let polled = match operator.child.try_wait() {
+                Ok(Some(status)) => Poll::Ready(status),
+                Ok(None) => Poll::Pending("still running".into()),
+                Err(e) => Poll::Pending(e.to_string()),
+            };
+            async move { Ok(polled) }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!status.success(), "{status:?}");
+    let log = operator.log();
+    assert!(log.contains("lost leadership"), "{log}");
+    // It did not take the Lease back on its way out.
+    assert_eq!(
+        lease_holder(&leases).await.unwrap().as_deref(),
+        Some("intruder")
+    );
+    ns.delete().await.unwrap();
+}

@@ -82,7 +82,9 @@ pub enum Lost {
 
 /// Returns when this replica can no longer be sure it leads: the Lease shows another holder,
 /// or no successful read confirmed an unexpired lease of ours until one second before it
-/// expires. `first_deadline` is the expiry to assume before the first read.
+/// expires. `first_deadline` is the expiry assumed until the first read, which happens one
+/// period after the start (by then the lease manager has renewed a lease it found still ours,
+/// e.g. after a restart with the same `POD_NAME`). Each successful read replaces the expiry.
 pub async fn fence(
     client: Client,
     namespace: &str,
@@ -96,24 +98,36 @@ pub async fn fence(
     let margin = Duration::from_secs(1).min(Duration::from_secs(lease_seconds) / 4);
     let mut valid_until = first_deadline;
     loop {
+        let deadline = valid_until
+            .checked_sub(margin)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let left = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(period.min(left)).await;
         match tokio::time::timeout(period, leases.get_opt(LEASE_NAME)).await {
             Ok(Ok(Some(lease))) => match held_until(&lease, identity) {
-                Some(until) => valid_until = valid_until.max(until),
+                Some(until) => valid_until = until,
                 None => return Lost::Taken,
             },
             Ok(Ok(None)) => return Lost::Taken,
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the leader Lease"),
             Err(_) => tracing::warn!("reading the leader Lease timed out"),
         }
-        let deadline = valid_until
-            .checked_sub(margin)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let now = SystemTime::now();
-        if now >= deadline {
+        if SystemTime::now() + margin >= valid_until {
             return Lost::Unconfirmed;
         }
-        let left = deadline.duration_since(now).unwrap_or_default();
-        tokio::time::sleep(period.min(left)).await;
+    }
+}
+
+/// Whether a fresh read shows the Lease held by `identity` and unexpired. Checked before
+/// releasing it on shutdown: the lease manager releases from its cached state, without a
+/// precondition, so a replica that lost the Lease unnoticed would clear the new holder's.
+pub async fn still_held(client: Client, namespace: &str, identity: &str) -> bool {
+    let leases: Api<Lease> = Api::namespaced(client, namespace);
+    match leases.get_opt(LEASE_NAME).await {
+        Ok(Some(lease)) => held_until(&lease, identity).is_some_and(|t| t > SystemTime::now()),
+        _ => false,
     }
 }
 

@@ -191,19 +191,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lost = tokio::select! {
         _ = controller::run(ctx, move || synced.synced.store(true, Ordering::Relaxed)) => None,
         _ = leading.wait_for(|l| !*l) => Some("the lease manager lost the Lease".to_string()),
-        why = leader::fence(client, &args.namespace, &identity, args.lease_seconds, first_deadline) => {
+        why = leader::fence(client.clone(), &args.namespace, &identity, args.lease_seconds, first_deadline) => {
             Some(format!("cannot confirm the Lease ({why:?})"))
         }
     };
     health.synced.store(false, Ordering::Relaxed);
     health.leader.store(false, Ordering::Relaxed);
-    // Closing the channel makes the lease task release the Lease (if still ours) and end.
-    drop(leading);
-    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
-        Ok(Ok(Ok(_))) => tracing::info!("lease released"),
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "cannot release the lease"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "lease task failed"),
-        Err(_) => tracing::warn!("timed out releasing the lease"),
+    // Release the Lease only when a fresh read shows it is still ours (see
+    // `leader::still_held`); otherwise stop the lease task without touching the Lease.
+    if lost.is_none() && leader::still_held(client, &args.namespace, &identity).await {
+        // Closing the channel makes the lease task release the Lease and end.
+        drop(leading);
+        match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+            Ok(Ok(Ok(_))) => tracing::info!("lease released"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "cannot release the lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease task failed"),
+            Err(_) => tracing::warn!("timed out releasing the lease"),
+        }
+    } else {
+        lease_task.abort();
+        drop(leading);
     }
     server.abort();
     if let Some(why) = lost {
