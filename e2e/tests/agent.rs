@@ -711,11 +711,11 @@ async fn detection_latency_over_a_hundred_changes() {
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
     let line = format!(
-        "detection latency over {} changes: p50 {:?}, p99 {:?}, max {:?}\n",
+        "detection latency over {} changes: p50 {} ms, p99 {} ms, max {} ms\n",
         latencies.len(),
-        p(0.50),
-        p(0.99),
-        latencies.last().unwrap()
+        p(0.50).as_millis(),
+        p(0.99).as_millis(),
+        latencies.last().unwrap().as_millis()
     );
     println!("{line}");
     fs::write(kube_fim_e2e::state_dir().join("latency.txt"), line).unwrap();
