@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use kube_fim_crds::ScanCondition;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::metrics_labels as names;
@@ -128,10 +129,20 @@ impl Metrics {
         }
     }
 
-    /// Drops the `node_failed` series of `node` (its status is gone).
+    /// Drops the `node_failed` and `node_status_total` series of `node` (its status is gone),
+    /// so label values stay bounded by the nodes that exist.
     pub fn forget_node(&self, node: &str) {
         // Absent series are fine: nothing to drop.
         let _ = self.node_failed.remove_label_values(&[node]);
+        for condition in [
+            ScanCondition::Succeeded,
+            ScanCondition::Failed,
+            ScanCondition::Errored,
+        ] {
+            let _ = self
+                .node_status_total
+                .remove_label_values(&[condition.as_str(), node]);
+        }
     }
 
     /// The text exposition format.
@@ -160,6 +171,12 @@ mod tests {
             .with_label_values(&["Failed", "a"])
             .inc();
         m.set_node_failed(&BTreeMap::from([("c".to_owned(), true)]));
+        m.node_status_total
+            .with_label_values(&["Failed", "c"])
+            .inc();
+        m.node_status_total
+            .with_label_values(&["Succeeded", "c"])
+            .inc();
         m.forget_node("c");
         m.forget_node("never-seen");
         m.count_reinit(&["config", "node"], &["a".to_owned()].into());
