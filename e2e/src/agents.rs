@@ -23,6 +23,8 @@ pub struct AgentSpec {
     pub grace_period: u64,
     pub max_backups: u32,
     pub realtime: bool,
+    /// `fanotify` or `inotify`; the agent's choice when `None`.
+    pub realtime_backend: Option<String>,
 }
 
 /// One agent process; killed when dropped. Its log is `e2e/.cluster/logs/agent-<ns>-<node>.log`.
@@ -132,6 +134,9 @@ impl AgentProcess {
         ];
         if s.realtime {
             args.push("--realtime".into());
+        }
+        if let Some(backend) = &s.realtime_backend {
+            args.extend(["--realtime-backend".into(), backend.clone()]);
         }
         let log = std::fs::OpenOptions::new()
             .create(true)

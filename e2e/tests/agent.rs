@@ -66,6 +66,7 @@ struct Options {
     realtime: bool,
     /// Connect the agents through this relay instead of directly.
     relay: Option<String>,
+    realtime_backend: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -75,6 +76,7 @@ impl Default for Options {
             max_backups: 2,
             realtime: true,
             relay: None,
+            realtime_backend: None,
         }
     }
 }
@@ -111,6 +113,7 @@ impl Setup {
                 grace_period: 10,
                 max_backups: opts.max_backups,
                 realtime: opts.realtime,
+                realtime_backend: opts.realtime_backend.map(str::to_owned),
             };
             let agent = AgentProcess::start(
                 &client,
@@ -399,7 +402,16 @@ async fn reinit_rebaselines_acknowledges_and_prunes_backups() {
 
 #[tokio::test]
 async fn a_bad_config_never_costs_the_agents_their_baseline() {
-    let s = Setup::new("agent-config", Options::default()).await;
+    // inotify watches directories one by one: the new rule's tree must be watched after the
+    // re-baseline (fanotify would see it anyway).
+    let s = Setup::new(
+        "agent-config",
+        Options {
+            realtime_backend: Some("inotify"),
+            ..Options::default()
+        },
+    )
+    .await;
     let before = s.wait_for_status(0, "Succeeded", succeeded()).await;
     s.set_rules("/etc BOGUS_GROUP\n").await;
     let fi = s.wait_for_phase(FileIntegrityPhase::Error).await;

@@ -219,6 +219,11 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         acknowledged,
     );
     worker.initial_request = initial_request;
+    let watch_roots = args.realtime.then(|| {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        worker.watch_roots = Some(tx);
+        rx
+    });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("fim-worker".into())
@@ -250,8 +255,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         Duration::from_secs(args.grace_period.max(1)),
         jobs.clone(),
     ));
-    if args.realtime {
-        start_realtime(&args, &api, jobs.clone(), metrics.clone()).await;
+    if let Some(roots) = watch_roots {
+        run_realtime(&args, roots, jobs.clone(), metrics.clone());
     }
 
     shutdown_signal().await;
@@ -411,53 +416,61 @@ async fn tick(every: Duration, jobs: crossbeam_channel::Sender<Job>) {
     }
 }
 
-/// Starts the change watcher on the trees the rules select (from the current rules) and feeds
-/// its batches to the worker. Without a watcher the periodic checks still run.
-async fn start_realtime(
+/// Runs the change watcher on the trees the baseline's rules select (sent by the worker whenever a
+/// baseline is loaded or made, so new rules are watched at once) and feeds its batches to the
+/// worker. Without a watcher the periodic checks still run.
+fn run_realtime(
     args: &DaemonArgs,
-    api: &NodeApi,
+    roots: crossbeam_channel::Receiver<Vec<Vec<u8>>>,
     jobs: crossbeam_channel::Sender<Job>,
     metrics: Arc<Metrics>,
 ) {
-    let text = match retry("read the rules", || api.rules()).await {
-        t if !t.is_empty() => t,
-        _ => return,
-    };
-    let ctx = crate::config::ParseContext {
-        root: Some(args.root.clone()),
-        hostname: args.node.clone(),
-    };
-    let roots = match crate::config::Config::parse(&text, "aide.conf", &ctx) {
-        Ok(c) => c.rules.watch_roots(),
-        Err(e) => {
-            tracing::warn!("realtime off: the rules do not parse: {e}");
-            return;
-        }
-    };
     let map = crate::walk::RootMap::new(&args.root);
-    let dirs: Vec<PathBuf> = roots.iter().map(|r| map.to_fs(r)).collect();
+    let root = args.root.clone();
     let prefer = args.realtime_backend.map(|b| match b {
         RealtimeBackend::Fanotify => Backend::Fanotify,
         RealtimeBackend::Inotify => Backend::Inotify,
     });
-    let root = args.root.clone();
-    let watcher = match tokio::task::spawn_blocking(move || Watcher::start(&dirs, prefer)).await {
-        Ok(Ok(w)) => w,
-        Ok(Err(e)) => {
-            tracing::warn!("realtime detection off, periodic checks only: {e}");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!("realtime detection off: {e}");
-            return;
-        }
-    };
-    tracing::info!(backend = %watcher.backend(), "realtime detection on");
     std::thread::Builder::new()
         .name("fim-realtime".into())
         .spawn(move || {
+            let mut watcher: Option<Watcher> = None;
+            let mut watched: Vec<Vec<u8>> = Vec::new();
             loop {
-                let Some(batch) = watcher.next_batch(
+                // Without a watcher, wait for roots; then the newest roots win. A closed channel
+                // means the worker stopped.
+                let mut latest = None;
+                if watcher.is_none() {
+                    match roots.recv() {
+                        Ok(r) => latest = Some(r),
+                        Err(_) => return,
+                    }
+                }
+                loop {
+                    match roots.try_recv() {
+                        Ok(r) => latest = Some(r),
+                        Err(crossbeam_channel::TryRecvError::Empty) => break,
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                    }
+                }
+                if let Some(new) = latest.filter(|r| *r != watched || watcher.is_none()) {
+                    drop(watcher.take());
+                    let dirs: Vec<PathBuf> = new.iter().map(|r| map.to_fs(r)).collect();
+                    match Watcher::start(&dirs, prefer) {
+                        Ok(w) => {
+                            tracing::info!(backend = %w.backend(), ?dirs, "realtime detection on");
+                            watcher = Some(w);
+                        }
+                        Err(e) => {
+                            tracing::warn!("realtime detection off, periodic checks only: {e}")
+                        }
+                    }
+                    watched = new;
+                }
+                let Some(w) = watcher.as_ref() else {
+                    continue;
+                };
+                let Some(batch) = w.next_batch(
                     Duration::from_secs(1),
                     Duration::from_millis(20),
                     Duration::from_millis(150),

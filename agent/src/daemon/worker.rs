@@ -114,6 +114,8 @@ pub struct Worker {
     pub acknowledged: Option<u64>,
     /// A re-init request pending at start: the first baseline answers it.
     pub initial_request: Option<u64>,
+    /// Where to send the trees the baseline's rules select (the realtime watcher), if watching.
+    pub watch_roots: Option<crossbeam_channel::Sender<Vec<Vec<u8>>>>,
     state: State,
     last_full: Option<Instant>,
     sequence: u64,
@@ -145,6 +147,7 @@ impl Worker {
             fields,
             acknowledged,
             initial_request: None,
+            watch_roots: None,
             state: State::NoBaseline,
             last_full: None,
             sequence: 0,
@@ -229,6 +232,7 @@ impl Worker {
             ));
         }
         let created = Timestamp::from_second(header.created).unwrap_or_default();
+        self.watch(&config);
         self.state = State::Ready {
             config: Box::new(config),
             baseline: BaselineRecord { digest, created },
@@ -310,6 +314,7 @@ impl Worker {
             self.acknowledged = request;
         }
         self.last_full = Some(started);
+        self.watch(&config);
         self.state = State::Ready {
             config: Box::new(config),
             baseline: record,
@@ -434,6 +439,13 @@ impl Worker {
             other => self.broken(format!("unexpected baseline state {other:?}")),
         }
         None
+    }
+
+    /// Points the realtime watcher at the trees `config` selects.
+    fn watch(&self, config: &Config) {
+        if let Some(tx) = &self.watch_roots {
+            let _ = tx.send(config.rules.watch_roots());
+        }
     }
 
     fn scan_options(&self, incremental: bool, scope: Option<Scope>) -> ScanOptions {
