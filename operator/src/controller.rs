@@ -12,6 +12,11 @@
 //! FileIntegrity, its DaemonSet, its rules ConfigMap, the user's ConfigMap it references, its
 //! FileIntegrityNodeStatus objects, the PriorityClass it names, and Nodes being added, deleted
 //! or relabelled.
+//!
+//! Node statuses and Nodes are read from reflector caches fed by the same watches that trigger
+//! reconciles (node statuses indexed by their FileIntegrity), not listed per reconcile: one
+//! event costs no API read that grows with the number of nodes. The controller starts once
+//! every cache is synced.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -19,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt, channel::oneshot, stream};
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetStatus},
@@ -31,12 +36,16 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams},
+    api::{DeleteParams, PartialObjectMeta, Patch, PatchParams},
     runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
+        WatchStreamExt, applier,
+        controller::{
+            self as kube_controller, Action, ReconcileReason, ReconcileRequest, trigger_owners,
+            trigger_self, trigger_with,
+        },
         events::{Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store, store::Writer},
+        utils::CancelableJoinHandle,
         watcher::{self, watcher},
     },
 };
@@ -44,6 +53,7 @@ use kube_fim_crds::{
     FileIntegrity, FileIntegrityNodeStatus, FileIntegrityStatus, ScanCondition, ScanResult, labels,
 };
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::{
     Error, Result,
@@ -79,6 +89,19 @@ pub struct Context {
     pub config: OperatorConfig,
     /// What the last `NodeIntegrityStatus` event said per (namespace, FileIntegrity, node).
     node_events: Mutex<HashMap<NodeEventId, events::NodeEventKey>>,
+    /// Node statuses of the namespace, filled by [`run`]'s node status watch.
+    statuses: Store<FileIntegrityNodeStatus>,
+    /// Which node statuses belong to which FileIntegrity, from the same watch.
+    status_index: Arc<StatusIndex>,
+    /// Nodes (labels, taints; no status), filled by [`run`]'s node watch.
+    nodes: Store<Node>,
+    /// The writers of `statuses` and `nodes`, taken by [`run`].
+    writers: Mutex<Option<CacheWriters>>,
+}
+
+struct CacheWriters {
+    statuses: Writer<FileIntegrityNodeStatus>,
+    nodes: Writer<Node>,
 }
 
 /// (namespace, FileIntegrity, node).
@@ -90,12 +113,21 @@ impl Context {
             controller: labels::OPERATOR_MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let (statuses, status_writer) = reflector::store();
+        let (nodes, node_writer) = reflector::store();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             config,
             node_events: Mutex::new(HashMap::new()),
+            statuses,
+            status_index: Arc::default(),
+            nodes,
+            writers: Mutex::new(Some(CacheWriters {
+                statuses: status_writer,
+                nodes: node_writer,
+            })),
         }
     }
 }
@@ -177,7 +209,7 @@ pub async fn reconcile(fi: Arc<FileIntegrity>, ctx: Arc<Context>) -> Result<Acti
         selected: node_statuses,
         orphaned,
         selected_nodes,
-    } = node_statuses(&fi, &ctx).await?;
+    } = node_statuses(&fi, &ctx)?;
     delete_orphaned_node_statuses(&fi, &namespace, &orphaned, &ctx).await?;
     publish_node_events(&fi, &namespace, &node_statuses, &ctx).await;
     let failed: BTreeMap<String, bool> = node_statuses
@@ -467,25 +499,23 @@ struct NodeStatuses {
 }
 
 /// The FileIntegrityNodeStatus objects of `fi` (label [`labels::OWNER`] or an owner
-/// reference to it), split into those of selected nodes and those of deleted nodes.
-async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses> {
+/// reference to it), split into those of selected nodes and those of deleted nodes; from the
+/// caches (ordered by name, as a LIST returns them).
+fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses> {
     let name = fi.name_any();
     let namespace = fi
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let uid = fi.uid();
-    let api: Api<FileIntegrityNodeStatus> = Api::namespaced(ctx.client.clone(), &namespace);
-    let all = api
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing FileIntegrityNodeStatus"))?;
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    // Full objects: the taints decide which selected nodes can run an agent.
-    let nodes = nodes
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing nodes"))?
-        .items;
+    let mine: Vec<Arc<FileIntegrityNodeStatus>> = ctx
+        .status_index
+        .names_of(&name)
+        .iter()
+        .filter_map(|s| ctx.statuses.get(&ObjectRef::new(s).within(&namespace)))
+        .filter(|s| belongs_to(s, &name, uid.as_deref()))
+        .collect();
+    // Taints decide which selected nodes can run an agent.
+    let nodes = ctx.nodes.state();
     let existing: BTreeSet<&str> = nodes
         .iter()
         .filter_map(|n| n.metadata.name.as_deref())
@@ -508,16 +538,12 @@ async fn node_statuses(fi: &FileIntegrity, ctx: &Context) -> Result<NodeStatuses
             .filter_map(|n| n.metadata.name.clone())
             .collect(),
     };
-    for s in all
-        .items
-        .into_iter()
-        .filter(|s| belongs_to(s, &name, uid.as_deref()))
-    {
+    for s in mine {
         let node = s.spec.node_name.as_str();
         if selected.contains(node) {
-            statuses.selected.push(s);
+            statuses.selected.push((*s).clone());
         } else if !existing.contains(node) {
-            statuses.orphaned.push(s);
+            statuses.orphaned.push((*s).clone());
         }
     }
     Ok(statuses)
@@ -562,9 +588,21 @@ async fn delete_orphaned_node_statuses(
     ctx: &Context,
 ) -> Result<()> {
     let api: Api<FileIntegrityNodeStatus> = Api::namespaced(ctx.client.clone(), namespace);
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
     for s in orphaned {
         let name = s.name_any();
         let node = &s.spec.node_name;
+        // The node cache can lag the node status cache (separate watches): only the API server
+        // says a node is gone.
+        if nodes
+            .get_metadata_opt(node)
+            .await
+            .map_err(Error::kube(format!("reading node {node}")))?
+            .is_some()
+        {
+            tracing::debug!(fi = %fi.name_any(), %node, "node not cached yet; status kept");
+            continue;
+        }
         tracing::info!(fi = %fi.name_any(), %node, status = %name, "node is gone; deleting its status");
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -734,18 +772,114 @@ fn file_integrities_of_priority_class(
         .collect()
 }
 
-/// One item per Node added, deleted or relabelled (not per status heartbeat), from a metadata
+/// Names of the node statuses of each FileIntegrity, kept from the node status watch so a
+/// reconcile finds one FileIntegrity's statuses without scanning all of them. A status is
+/// indexed under its [`labels::OWNER`] label and the names of its FileIntegrity owner
+/// references (readers still check [`belongs_to`]).
+#[derive(Default)]
+struct StatusIndex {
+    state: Mutex<IndexState>,
+}
+
+#[derive(Default)]
+struct IndexState {
+    live: IndexMaps,
+    /// The index being rebuilt during a re-list, swapped in when it is complete (as the
+    /// reflector store does).
+    relist: Option<IndexMaps>,
+}
+
+#[derive(Default)]
+struct IndexMaps {
+    /// FileIntegrity name → node status names.
+    by_owner: HashMap<String, BTreeSet<String>>,
+    /// Node status name → the FileIntegrity names it is indexed under.
+    owners: HashMap<String, Vec<String>>,
+}
+
+impl IndexMaps {
+    fn insert(&mut self, s: &FileIntegrityNodeStatus) {
+        let name = s.name_any();
+        self.remove(&name);
+        let mut owners: Vec<String> = s
+            .labels()
+            .get(labels::OWNER)
+            .cloned()
+            .into_iter()
+            .chain(
+                s.owner_references()
+                    .iter()
+                    .filter(|o| o.kind == "FileIntegrity")
+                    .map(|o| o.name.clone()),
+            )
+            .collect();
+        owners.sort();
+        owners.dedup();
+        for owner in &owners {
+            self.by_owner
+                .entry(owner.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+        self.owners.insert(name, owners);
+    }
+
+    fn remove(&mut self, name: &str) {
+        for owner in self.owners.remove(name).unwrap_or_default() {
+            if let Some(names) = self.by_owner.get_mut(&owner) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_owner.remove(&owner);
+                }
+            }
+        }
+    }
+}
+
+impl StatusIndex {
+    /// Applies one watch event (before the reflector store does, so a status the store has is
+    /// always indexed).
+    fn apply(&self, event: &watcher::Event<FileIntegrityNodeStatus>) {
+        let mut state = self.state.lock().expect("status index poisoned");
+        match event {
+            watcher::Event::Init => state.relist = Some(IndexMaps::default()),
+            watcher::Event::InitApply(s) => {
+                if let Some(relist) = state.relist.as_mut() {
+                    relist.insert(s);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(relist) = state.relist.take() {
+                    state.live = relist;
+                }
+            }
+            watcher::Event::Apply(s) => state.live.insert(s),
+            watcher::Event::Delete(s) => state.live.remove(&s.name_any()),
+        }
+    }
+
+    /// Names of the node statuses indexed under FileIntegrity `fi_name`, sorted.
+    fn names_of(&self, fi_name: &str) -> Vec<String> {
+        let state = self.state.lock().expect("status index poisoned");
+        state
+            .live
+            .by_owner
+            .get(fi_name)
+            .map(|names| names.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One item per Node added, deleted or relabelled (not per status heartbeat), from the node
 /// watch. After a re-list, one item if anything differs from before.
-fn node_changes(client: Client) -> impl futures::Stream<Item = ()> + Send + 'static {
+fn node_changes<S>(events: S) -> impl Stream<Item = ()> + Send + 'static
+where
+    S: Stream<Item = watcher::Result<watcher::Event<Node>>> + Send + 'static,
+{
     type Labels = Option<BTreeMap<String, String>>;
     let mut seen: HashMap<String, Labels> = HashMap::new();
     let mut relist: Option<HashMap<String, Labels>> = None;
-    watcher(
-        Api::<PartialObjectMeta<Node>>::all(client),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .filter_map(move |event| {
+    events.filter_map(move |event| {
         let changed = match event {
             Ok(watcher::Event::Init) => {
                 relist = Some(HashMap::new());
@@ -782,59 +916,213 @@ fn node_changes(client: Client) -> impl futures::Stream<Item = ()> + Send + 'sta
     })
 }
 
-/// Runs the controller until SIGINT/SIGTERM. `on_ready` is called once the FileIntegrity cache
-/// is filled.
+/// Reconcile requests for `refs`, caused by a change of `related`.
+fn related_requests<O: Resource<DynamicType = ()>>(
+    related: &O,
+    refs: impl IntoIterator<Item = ObjectRef<FileIntegrity>>,
+) -> Vec<ReconcileRequest<FileIntegrity>> {
+    let related = ObjectRef::from_obj(related).erase();
+    refs.into_iter()
+        .map(|obj_ref| ReconcileRequest {
+            obj_ref,
+            reason: ReconcileReason::RelatedObjectUpdated {
+                obj_ref: Box::new(related.clone()),
+            },
+        })
+        .collect()
+}
+
+type Triggers = stream::BoxStream<'static, watcher::Result<ReconcileRequest<FileIntegrity>>>;
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// Runs the controller until SIGINT/SIGTERM (the first stops taking new work and lets running
+/// reconciles finish, the second stops at once). The watches fill the FileIntegrity, node
+/// status and node caches; once all are synced `on_ready` is called and the controller starts
+/// (requests that arrived meanwhile are queued).
+///
+/// # Panics
+///
+/// When called twice with the same `ctx` (its caches have one writer).
 pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
     let ns = ctx.config.namespace.clone();
     let client = ctx.client.clone();
-    let client_for_nodes = client.clone();
-    let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns);
-    let controller = Controller::new(fis, watcher::Config::default());
-    let store = controller.store();
-    let ready_store = store.clone();
-    tokio::spawn(async move {
-        // The store's readiness is a oneshot that wakes only its latest poller (the
-        // controller's runner also waits on it), so poll again now and then.
-        loop {
-            match tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready())
-                .await
-            {
-                Ok(Ok(())) => return on_ready(),
-                Ok(Err(_)) => return,
-                Err(_) => {}
-            }
-        }
-    });
-    let class_store = store.clone();
+    let CacheWriters {
+        statuses: status_writer,
+        nodes: node_writer,
+    } = ctx
+        .writers
+        .lock()
+        .expect("cache writers poisoned")
+        .take()
+        .expect("controller::run called twice with one Context");
+    let (fi_store, fi_writer) = reflector::store::<FileIntegrity>();
+
+    let fis = trigger_self(
+        watcher(
+            Api::<FileIntegrity>::namespaced(client.clone(), &ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(fi_writer)
+        .applied_objects(),
+        (),
+    );
     let agent_pods = format!("app.kubernetes.io/name={}", daemonset::AGENT_APP);
-    controller
-        .owns(
-            Api::<DaemonSet>::namespaced(client.clone(), &ns),
+    let daemonsets = trigger_owners(
+        watcher(
+            Api::<PartialObjectMeta<DaemonSet>>::namespaced(client.clone(), &ns),
             watcher::Config::default().labels(&agent_pods),
         )
-        // One ConfigMap watch serves both the owned rules ConfigMaps (by owner reference) and
-        // the users' ConfigMaps (by reference from spec.config).
-        .watches(
+        .default_backoff()
+        .touched_objects(),
+        (),
+        (),
+    );
+    // One ConfigMap watch serves both the owned rules ConfigMaps (by owner reference) and
+    // the users' ConfigMaps (by reference from spec.config).
+    let store = fi_store.clone();
+    let config_maps = trigger_with(
+        watcher(
             Api::<ConfigMap>::namespaced(client.clone(), &ns),
             watcher::Config::default(),
-            move |cm| file_integrities_of_config_map(&cm, &store),
         )
-        // A PriorityClass created (or deleted) after the FileIntegrity naming it.
-        .watches(
+        .default_backoff()
+        .touched_objects(),
+        move |cm: ConfigMap| related_requests(&cm, file_integrities_of_config_map(&cm, &store)),
+    );
+    // A PriorityClass created (or deleted) after the FileIntegrity naming it.
+    let store = fi_store.clone();
+    let priority_classes = trigger_with(
+        watcher(
             Api::<PriorityClass>::all(client.clone()),
             watcher::Config::default(),
-            move |pc| file_integrities_of_priority_class(&pc, &class_store),
         )
-        .watches(
-            Api::<FileIntegrityNodeStatus>::namespaced(client, &ns),
+        .default_backoff()
+        .touched_objects(),
+        move |pc: PriorityClass| {
+            related_requests(&pc, file_integrities_of_priority_class(&pc, &store))
+        },
+    );
+    // Node statuses: indexed, cached, and their FileIntegrity reconciled.
+    let index = ctx.status_index.clone();
+    let node_statuses = trigger_with(
+        watcher(
+            Api::<FileIntegrityNodeStatus>::namespaced(client.clone(), &ns),
             watcher::Config::default(),
-            |s| owner_of_node_status(&s),
         )
-        // Nodes come and go and change labels: every FileIntegrity re-selects its nodes (and
-        // drops the statuses of deleted ones).
-        .reconcile_all_on(node_changes(client_for_nodes))
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .default_backoff()
+        .map(move |event| {
+            if let Ok(event) = &event {
+                index.apply(event);
+            }
+            event
+        })
+        .reflect(status_writer)
+        .touched_objects(),
+        |s: FileIntegrityNodeStatus| related_requests(&s, owner_of_node_status(&s)),
+    );
+    // Nodes come and go and change labels: every FileIntegrity re-selects its nodes (and
+    // drops the statuses of deleted ones). Cached without their status (heartbeats, images):
+    // a reconcile reads names, labels and taints.
+    let store = fi_store.clone();
+    let nodes = node_changes(
+        watcher(Api::<Node>::all(client), watcher::Config::default())
+            .default_backoff()
+            .modify(|n: &mut Node| {
+                n.status = None;
+                n.metadata.managed_fields = None;
+                n.metadata.annotations = None;
+            })
+            .reflect(node_writer),
+    )
+    .flat_map(move |()| {
+        stream::iter(
+            store
+                .state()
+                .iter()
+                .map(|fi| {
+                    Ok(ReconcileRequest {
+                        obj_ref: ObjectRef::from_obj(fi.as_ref()),
+                        reason: ReconcileReason::BulkReconcile,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+    });
+    let triggers: Vec<Triggers> = vec![
+        fis.boxed(),
+        daemonsets.boxed(),
+        config_maps.boxed(),
+        priority_classes.boxed(),
+        node_statuses.boxed(),
+        nodes.boxed(),
+    ];
+    // The watches run from now on (filling the caches); their requests wait in a queue until
+    // the controller starts.
+    let (queue_tx, queue_rx) = futures::channel::mpsc::unbounded();
+    let watches = stream::select_all(triggers).for_each(move |request| {
+        match request {
+            Ok(request) => {
+                let _ = queue_tx.unbounded_send(request);
+            }
+            Err(e) => tracing::debug!(error = %e, "controller event"),
+        }
+        futures::future::ready(())
+    });
+
+    let (graceful_tx, mut graceful_rx) = oneshot::channel::<()>();
+    let signals = async move {
+        shutdown_signal().await;
+        tracing::info!("graceful shutdown requested, signal again to force shutdown");
+        let _ = graceful_tx.send(());
+        shutdown_signal().await;
+        tracing::info!("forced shutdown requested");
+    };
+
+    let status_store = ctx.statuses.clone();
+    let node_store = ctx.nodes.clone();
+    let controller = async move {
+        // The only waiter on each store (a store's readiness wakes only its latest poller);
+        // the applier's own wait on the FileIntegrity store then returns at once.
+        let synced = async {
+            fi_store.wait_until_ready().await?;
+            status_store.wait_until_ready().await?;
+            node_store.wait_until_ready().await
+        };
+        tokio::select! {
+            r = synced => if r.is_err() { return },
+            _ = &mut graceful_rx => return,
+        }
+        tracing::info!("caches synced; starting the controller");
+        on_ready();
+        applier(
+            |fi, ctx| {
+                CancelableJoinHandle::spawn(
+                    reconcile(fi, ctx).in_current_span(),
+                    &tokio::runtime::Handle::current(),
+                )
+            },
+            error_policy,
+            ctx,
+            fi_store,
+            queue_rx
+                .map(Ok::<_, watcher::Error>)
+                .take_until(graceful_rx),
+            kube_controller::Config::default(),
+        )
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(fi = %obj.name, "reconciled"),
@@ -842,6 +1130,14 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
             }
         })
         .await;
+    };
+    // Whichever ends first ends the controller: its queue closed after the first signal and
+    // the running reconciles finished, or a second signal.
+    tokio::select! {
+        () = controller => {}
+        () = signals => {}
+        () = watches => {}
+    }
 }
 
 #[cfg(test)]
@@ -891,6 +1187,40 @@ mod tests {
             Some(ObjectRef::new("example").within("kube-fim"))
         );
         assert_eq!(owner_of_node_status(&status(&[], None)), None);
+    }
+
+    #[test]
+    fn status_index_finds_a_file_integritys_statuses() {
+        let named = |name: &str, mut s: FileIntegrityNodeStatus| {
+            s.metadata.name = Some(name.to_owned());
+            s
+        };
+        let index = StatusIndex::default();
+        let a = named("a", status(&[(labels::OWNER, "example")], None));
+        let b = named("b", status(&[], Some("u")));
+        let c = named("c", status(&[(labels::OWNER, "other")], None));
+        index.apply(&watcher::Event::Init);
+        for s in [&c, &b, &a] {
+            index.apply(&watcher::Event::InitApply(s.clone()));
+        }
+        assert!(index.names_of("example").is_empty(), "not before InitDone");
+        index.apply(&watcher::Event::InitDone);
+        assert_eq!(index.names_of("example"), ["a", "b"]);
+        assert_eq!(index.names_of("other"), ["c"]);
+        // Relabelled to another FileIntegrity, then deleted.
+        let moved = named("a", status(&[(labels::OWNER, "other")], None));
+        index.apply(&watcher::Event::Apply(moved.clone()));
+        assert_eq!(index.names_of("example"), ["b"]);
+        assert_eq!(index.names_of("other"), ["a", "c"]);
+        index.apply(&watcher::Event::Delete(moved));
+        assert_eq!(index.names_of("other"), ["c"]);
+        // A re-list replaces everything.
+        index.apply(&watcher::Event::Init);
+        index.apply(&watcher::Event::InitApply(c.clone()));
+        assert_eq!(index.names_of("example"), ["b"], "old index until InitDone");
+        index.apply(&watcher::Event::InitDone);
+        assert!(index.names_of("example").is_empty());
+        assert_eq!(index.names_of("other"), ["c"]);
     }
 
     #[test]

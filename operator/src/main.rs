@@ -9,7 +9,8 @@
 //! takes over at once.
 //!
 //! `/healthz`: the process serves. `/readyz` (200 or 503, the body says which role):
-//! - leader: ready once the controller's FileIntegrity cache is synced;
+//! - leader: ready once the controller's caches (FileIntegrities, node statuses, nodes) are
+//!   synced, just before it starts reconciling;
 //! - standby: ready once it has read (or created) the Lease, i.e. it reached the API server with
 //!   the rights it needs and can take over. A standby that is never ready would block a rolling
 //!   update of a two-replica Deployment (the new pod cannot lead while the old one holds the
@@ -68,7 +69,7 @@ struct Health {
     lease: AtomicBool,
     /// This replica holds the Lease and runs the controller.
     leader: AtomicBool,
-    /// The controller's FileIntegrity cache is synced (leader only).
+    /// The controller's caches are synced (leader only).
     synced: AtomicBool,
 }
 
