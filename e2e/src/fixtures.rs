@@ -55,20 +55,38 @@ pub fn binary(name: &str, package: &str) -> PathBuf {
 }
 
 /// The operator as a child process; killed when dropped. Its log is
-/// `e2e/.cluster/logs/operator-<namespace>.log`.
+/// `e2e/.cluster/logs/operator-<namespace>[-<identity>].log`.
 pub struct Operator {
+    /// Its Lease identity (`POD_NAME`) when started as a named replica.
+    pub identity: String,
     pub child: Child,
     pub metrics_port: u16,
+    pub log_path: PathBuf,
 }
 
 impl Operator {
+    /// The operator watching `namespace`.
     pub fn start(namespace: &str) -> Operator {
+        Operator::spawn(namespace, None, &[])
+    }
+
+    /// One of several replicas: `POD_NAME=<identity>` (its Lease identity and the events'
+    /// reportingInstance), with `extra_args`.
+    pub fn start_replica(namespace: &str, identity: &str, extra_args: &[&str]) -> Operator {
+        Operator::spawn(namespace, Some(identity), extra_args)
+    }
+
+    fn spawn(namespace: &str, identity: Option<&str>, extra_args: &[&str]) -> Operator {
         let metrics_port = free_port().unwrap();
         let logs = state_dir().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let log_path = logs.join(format!("operator-{namespace}.log"));
+        let log_path = match identity {
+            Some(id) => logs.join(format!("operator-{namespace}-{id}.log")),
+            None => logs.join(format!("operator-{namespace}.log")),
+        };
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(operator_binary())
+        let mut command = Command::new(operator_binary());
+        command
             .args([
                 "--namespace",
                 namespace,
@@ -77,19 +95,27 @@ impl Operator {
                 "--agent-image",
                 "kube-fim/agent:e2e",
             ])
+            .args(extra_args)
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "info,fim_operator=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stderr(log);
+        if let Some(id) = identity {
+            command.env("POD_NAME", id);
+        }
+        let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", operator_binary().display()));
         Operator {
+            identity: identity.unwrap_or("operator").to_owned(),
             child,
             metrics_port,
+            log_path,
         }
     }
 
+    /// GET `path` on the metrics and health endpoint: (status code, body).
     pub async fn get(&self, path: &str) -> crate::Result<(u16, String)> {
         let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
         tokio::task::spawn_blocking(move || {
@@ -110,6 +136,43 @@ impl Operator {
         })
         .await
         .map_err(|e| crate::E2eError::Other(e.to_string()))?
+    }
+
+    /// `/readyz` as (code, body); an unreachable operator is (0, error).
+    pub async fn readyz(&self) -> (u16, String) {
+        self.get("/readyz")
+            .await
+            .unwrap_or_else(|e| (0, e.to_string()))
+    }
+
+    /// SIGKILL: a Lease it holds is not released.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the process to exit (as a pod's termination does).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        wait_for("the operator to exit after SIGTERM", WAIT, || {
+            let polled = match self.child.try_wait() {
+                Ok(Some(status)) => Poll::Ready(status),
+                Ok(None) => Poll::Pending("still running".into()),
+                Err(e) => Poll::Pending(e.to_string()),
+            };
+            async move { Ok(polled) }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 }
 

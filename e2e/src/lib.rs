@@ -420,6 +420,16 @@ pub async fn pod_bound_token(
     service_account: &str,
     pod: &k8s_openapi::api::core::v1::Pod,
 ) -> Result<String> {
+    service_account_token(client, namespace, service_account, Some(pod)).await
+}
+
+/// A 10-minute token of service account `service_account`, bound to `pod` when given.
+pub async fn service_account_token(
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+    pod: Option<&k8s_openapi::api::core::v1::Pod>,
+) -> Result<String> {
     use k8s_openapi::api::authentication::v1::{
         BoundObjectReference, TokenRequest, TokenRequestSpec,
     };
@@ -427,7 +437,7 @@ pub async fn pod_bound_token(
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![],
-            bound_object_ref: Some(BoundObjectReference {
+            bound_object_ref: pod.map(|pod| BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
                 name: pod.metadata.name.clone(),

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::authentication::v1::{
-    BoundObjectReference, SelfSubjectReview, TokenRequest, TokenRequestSpec,
-};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Node, Pod, PodSpec, PodTemplateSpec, ServiceAccount, Taint, Toleration,
 };
@@ -255,26 +253,9 @@ async fn pod_bound_token_carries_the_node_and_an_admission_policy_can_use_it() {
     };
     let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
 
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-            expiration_seconds: Some(600),
-        },
-        ..Default::default()
-    };
-    let token = sas
-        .create_token_request("agent", &PostParams::default(), &request)
+    let token = kube_fim_e2e::pod_bound_token(&client, &ns.name, "agent", &pod)
         .await
-        .unwrap()
-        .status
-        .expect("token")
-        .token;
+        .unwrap();
     let agent = client_with_token(&token).await.unwrap();
     let review: SelfSubjectReview = Api::all(agent.clone())
         .create(&PostParams::default(), &SelfSubjectReview::default())

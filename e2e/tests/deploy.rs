@@ -18,7 +18,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -641,26 +640,9 @@ where
 
 /// A token for `sa` in kube-fim, bound to `pod` (so it carries the pod's node) or unbound.
 async fn token(client: &Client, sa: &str, pod: Option<&Pod>) -> String {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            bound_object_ref: pod.map(|pod| BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-            expiration_seconds: Some(600),
-        },
-        ..Default::default()
-    };
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), NS)
-        .create_token_request(sa, &PostParams::default(), &request)
+    kube_fim_e2e::service_account_token(client, NS, sa, pod)
         .await
         .unwrap()
-        .status
-        .expect("token")
-        .token
 }
 
 #[tokio::test]

@@ -8,8 +8,7 @@
 //! with `cargo build -p kube-fim-operator` (`make e2e` does).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -19,9 +18,9 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use kube_fim_crds::{FileIntegrity, FileIntegrityNodeStatus, FileIntegrityPhase, labels};
+use kube_fim_e2e::fixtures::Operator;
 use kube_fim_e2e::{
-    Poll, TestNamespace, apply_crds, client, cluster_env, free_port, kubeconfig_path, repo_root,
-    state_dir, wait_for,
+    Poll, TestNamespace, apply_crds, client, cluster_env, kubeconfig_path, wait_for,
 };
 use serde_json::json;
 
@@ -31,148 +30,24 @@ const LEASE: &str = "fim-operator-leader";
 /// A short lease so that a takeover after a kill is quick; the leader renews after 2/3 of it.
 const LEASE_SECONDS: u64 = 10;
 
-/// `<target dir>/debug/fim-operator`; the target dir is `CARGO_TARGET_DIR` (relative to the
-/// repository root when relative) or `<repo>/target`.
-fn operator_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| {
-            if p.is_absolute() {
-                p
-            } else {
-                repo_root().join(p)
-            }
-        })
-        .unwrap_or_else(|| repo_root().join("target"));
-    let path = target.join("debug").join("fim-operator");
-    assert!(
-        path.is_file(),
-        "the operator binary {} is missing: build it with `cargo build -p kube-fim-operator` \
-         (make e2e does)",
-        path.display()
-    );
-    path
+/// One operator replica with a short lease; see [`Operator::start_replica`].
+fn replica(namespace: &str, identity: &str) -> Operator {
+    Operator::start_replica(
+        namespace,
+        identity,
+        &["--lease-seconds", &LEASE_SECONDS.to_string()],
+    )
 }
 
-/// One operator replica as a child process with `POD_NAME=<identity>` (its Lease identity and
-/// events' reportingInstance); killed when dropped. Log:
-/// `e2e/.cluster/logs/operator-<namespace>-<identity>.log`.
-struct Operator {
-    identity: String,
-    child: Child,
-    metrics_port: u16,
-    log_path: PathBuf,
-}
-
-impl Operator {
-    fn start(namespace: &str, identity: &str) -> Operator {
-        let metrics_port = free_port().unwrap();
-        let logs = state_dir().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let log_path = logs.join(format!("operator-{namespace}-{identity}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(operator_binary())
-            .args([
-                "--namespace",
-                namespace,
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-                "--agent-image",
-                "kube-fim/agent:e2e",
-                "--lease-seconds",
-                &LEASE_SECONDS.to_string(),
-            ])
-            .env("POD_NAME", identity)
-            .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", "info,fim_operator=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", operator_binary().display()));
-        Operator {
-            identity: identity.to_owned(),
-            child,
-            metrics_port,
-            log_path,
-        }
+/// The `file_integrity_operator_leader` gauge, if the replica answers.
+async fn leader_gauge(operator: &Operator) -> Option<u8> {
+    let (code, body) = operator.get("/metrics").await.ok()?;
+    if code != 200 {
+        return None;
     }
-
-    async fn get(&self, path: &str) -> kube_fim_e2e::Result<(u16, String)> {
-        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
-        tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let mut resp = agent
-                .get(&url)
-                .call()
-                .map_err(|e| kube_fim_e2e::E2eError::Other(format!("GET {url}: {e}")))?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .body_mut()
-                .read_to_string()
-                .map_err(|e| kube_fim_e2e::E2eError::Other(format!("GET {url}: {e}")))?;
-            Ok((status, body))
-        })
-        .await
-        .map_err(|e| kube_fim_e2e::E2eError::Other(e.to_string()))?
-    }
-
-    /// `/readyz` as (code, body); an unreachable replica is (0, error).
-    async fn readyz(&self) -> (u16, String) {
-        self.get("/readyz")
-            .await
-            .unwrap_or_else(|e| (0, e.to_string()))
-    }
-
-    /// The `file_integrity_operator_leader` gauge, if the replica answers.
-    async fn leader_gauge(&self) -> Option<u8> {
-        let (code, body) = self.get("/metrics").await.ok()?;
-        if code != 200 {
-            return None;
-        }
-        body.lines()
-            .find_map(|l| l.strip_prefix("file_integrity_operator_leader "))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    /// SIGKILL: the Lease is not released.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then waits for the process to exit (as a pod's termination does).
-    async fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM failed");
-        wait_for("the operator to exit after SIGTERM", WAIT, || {
-            let polled = match self.child.try_wait() {
-                Ok(Some(status)) => Poll::Ready(status),
-                Ok(None) => Poll::Pending("still running".into()),
-                Err(e) => Poll::Pending(e.to_string()),
-            };
-            async move { Ok(polled) }
-        })
-        .await
-        .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("file_integrity_operator_leader "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A kwok-managed Node of the test's own (annotations and labels like cluster-up's kwok-node-N,
@@ -406,8 +281,8 @@ async fn two_replicas_elect_one_writer_and_the_standby_takes_over_when_it_is_kil
     let client = client().await.unwrap();
     let (ns, _node, label) = setup(&client, "ha-leader").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
-    let mut a = Operator::start(&ns.name, "replica-a");
-    let mut b = Operator::start(&ns.name, "replica-b");
+    let mut a = replica(&ns.name, "replica-a");
+    let mut b = replica(&ns.name, "replica-b");
 
     // Exactly one leads: it holds the Lease, says so on /readyz and in its leader gauge; the
     // other is a ready standby.
@@ -419,7 +294,7 @@ async fn two_replicas_elect_one_writer_and_the_standby_takes_over_when_it_is_kil
             let mut seen = Vec::new();
             for op in [&a, &b] {
                 let (code, body) = op.readyz().await;
-                seen.push((op.identity.clone(), code, body, op.leader_gauge().await));
+                seen.push((op.identity.clone(), code, body, leader_gauge(op).await));
             }
             let role = |id: &str| {
                 let (_, code, body, gauge) = seen.iter().find(|s| s.0 == id).unwrap();
@@ -554,7 +429,7 @@ async fn a_restarted_operator_restores_node_failed_from_the_node_statuses() {
     let client = client().await.unwrap();
     let (ns, node, label) = setup(&client, "ha-restart").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
-    let mut first = Operator::start(&ns.name, "first");
+    let mut first = replica(&ns.name, "first");
     let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns.name);
     let fi = create_file_integrity(&fis, "rs", &label).await;
     let statuses: Api<FileIntegrityNodeStatus> = Api::namespaced(client.clone(), &ns.name);
@@ -571,7 +446,7 @@ async fn a_restarted_operator_restores_node_failed_from_the_node_statuses() {
     assert!(status.success(), "{status:?}: {}", first.log());
     assert_eq!(lease_holder(&leases).await.unwrap(), None);
 
-    let second = Operator::start(&ns.name, "second");
+    let second = replica(&ns.name, "second");
     wait_ready(&second, "ok: leader").await;
     wait_for_metric(&second, &gauge).await;
     // Nothing new was written in between: the gauge comes from the existing node status.
@@ -587,7 +462,7 @@ async fn a_restarted_operator_restores_node_failed_from_the_node_statuses() {
 async fn the_status_of_a_deleted_node_is_removed() {
     let client = client().await.unwrap();
     let (ns, node, label) = setup(&client, "ha-node").await;
-    let operator = Operator::start(&ns.name, "only");
+    let operator = replica(&ns.name, "only");
     let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns.name);
     let fi = create_file_integrity(&fis, "nd", &label).await;
     let statuses: Api<FileIntegrityNodeStatus> = Api::namespaced(client.clone(), &ns.name);
@@ -648,7 +523,7 @@ async fn the_status_of_a_deleted_node_is_removed() {
 async fn deleting_a_file_integrity_leaves_nothing_behind() {
     let client = client().await.unwrap();
     let (ns, node, label) = setup(&client, "ha-gc").await;
-    let operator = Operator::start(&ns.name, "only");
+    let operator = replica(&ns.name, "only");
     let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns.name);
     let fi = create_file_integrity(&fis, "gc", &label).await;
 
@@ -764,7 +639,7 @@ async fn a_leader_whose_lease_is_taken_stops_and_exits() {
     apply_crds(&client).await.unwrap();
     let ns = TestNamespace::create(&client, "ha-fence").await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
-    let mut operator = Operator::start(&ns.name, "fenced");
+    let mut operator = replica(&ns.name, "fenced");
     wait_ready(&operator, "ok: leader").await;
 
     // Someone else holds the Lease now (as after a partition in which a standby took over).
