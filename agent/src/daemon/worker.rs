@@ -264,6 +264,11 @@ impl Worker {
             Ok(c) => c,
             Err(e) => return self.errored(format!("cannot create the baseline: {e}")),
         };
+        if self.fields.last_result.is_none() {
+            // A first baseline can take minutes: the status exists meanwhile, without a result
+            // (the operator counts the node as initialising).
+            self.send(None);
+        }
         let started = Instant::now();
         let now = SystemTime::now();
         let result = (|| -> Result<(String, Outcome), String> {
