@@ -155,24 +155,24 @@ impl AgentProcess {
         Ok(())
     }
 
-    /// SIGTERM, then waits for the process to end (killing it after 20 s).
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+    /// SIGTERM, then waits for the process to end (killing it after 20 s); its exit status, or
+    /// `None` when it had to be killed or was not running.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
         // SAFETY: kill(2) on the pid of our own child.
         unsafe {
             libc_kill(child.id() as i32, 15);
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
         let _ = child.wait();
+        None
     }
 
     /// Kills the process without warning (SIGKILL).
@@ -185,7 +185,7 @@ impl AgentProcess {
 
     /// Starts the process again with the same root, baseline and identity.
     pub fn restart(&mut self) -> Result<()> {
-        self.stop();
+        let _ = self.stop();
         self.spawn()
     }
 

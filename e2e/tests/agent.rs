@@ -485,7 +485,7 @@ async fn a_replaced_baseline_is_an_error_never_a_silent_rebaseline() {
     .await;
     let good = s.wait_for_status(0, "Succeeded", succeeded()).await;
     let recorded = good.spec.baseline_digest.clone().unwrap();
-    s.agents[0].stop();
+    let _ = s.agents[0].stop();
 
     // An attacker baselines the tampered tree with the same tool and swaps the file in.
     let root = s.agents[0].root.clone();
@@ -540,6 +540,17 @@ async fn a_restarted_agent_keeps_its_baseline_and_reports_no_false_changes() {
     let mut s = Setup::new("agent-restart", Options::default()).await;
     let before = s.wait_for_status(0, "Succeeded", succeeded()).await;
     let probe = before.spec.last_result.clone().unwrap().last_probe_time;
+    // SIGTERM (a pod's termination): a clean exit.
+    let status = s.agents[0].stop();
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "{status:?}\n{}",
+        s.agents[0].log_tail()
+    );
+    s.agents[0].restart().unwrap();
+    s.wait_for_status(0, "Succeeded after SIGTERM and restart", succeeded())
+        .await;
+    // SIGKILL: nothing is cleaned up, and still nothing is lost.
     s.agents[0].kill();
     s.agents[0].restart().unwrap();
     let after = s
