@@ -3,7 +3,8 @@
 //! ```text
 //! baseline.db             the database checks compare against
 //! baseline.conf           the rules it was made with (their digest is in the database header)
-//! backups/<time>.db       earlier baselines, kept at most `maxBackups` (with their .conf)
+//! backups/<time>.db       earlier baselines, kept at most `maxBackups` (with their .conf and
+//!                         the .report.txt of their last failure)
 //! reports/latest.txt      the full text of the latest failure report
 //! ```
 //!
@@ -67,6 +68,13 @@ pub fn assess(
     }
 }
 
+/// What a re-init backs up, and the extension each gets in `backups/`.
+const BACKED_UP: [(fn(&Store) -> PathBuf, &str); 3] = [
+    (Store::database, "db"),
+    (Store::rules, "conf"),
+    (Store::report, "report.txt"),
+];
+
 /// The baseline files of one FileIntegrity.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -116,10 +124,10 @@ impl Store {
         }
     }
 
-    /// Moves the current database and rules (if any) into `backups/` under `stamp`, then keeps
-    /// only the newest `keep` backups. Returns the backups removed.
+    /// Moves the current database, rules and latest failure report (if any) into `backups/`
+    /// under `stamp`, then keeps only the newest `keep` backups. Returns the files removed.
     pub fn back_up(&self, stamp: &str, keep: usize) -> io::Result<Vec<PathBuf>> {
-        for (file, ext) in [(self.database(), "db"), (self.rules(), "conf")] {
+        for (file, ext) in BACKED_UP.iter().map(|(f, ext)| (f(self), *ext)) {
             if file.exists() {
                 fs::rename(&file, self.backups().join(format!("{stamp}.{ext}")))?;
             }
@@ -149,7 +157,7 @@ impl Store {
         let excess = stamps.len().saturating_sub(keep);
         let mut removed = Vec::new();
         for stamp in &stamps[..excess] {
-            for ext in ["db", "conf"] {
+            for (_, ext) in BACKED_UP {
                 let path = self.backups().join(format!("{stamp}.{ext}"));
                 match fs::remove_file(&path) {
                     Ok(()) => removed.push(path),
@@ -263,6 +271,7 @@ mod tests {
         for i in 0..4 {
             fs::write(store.database(), format!("db {i}")).unwrap();
             fs::write(store.rules(), format!("conf {i}")).unwrap();
+            fs::write(store.report(), format!("report {i}")).unwrap();
             store
                 .back_up(&format!("2026010{i}T000000.000Z"), 2)
                 .unwrap();
@@ -273,6 +282,10 @@ mod tests {
         );
         let kept = dir.path().join("fi/backups/20260103T000000.000Z.conf");
         assert_eq!(fs::read_to_string(kept).unwrap(), "conf 3");
+        let report = dir.path().join("fi/backups/20260103T000000.000Z.report.txt");
+        assert_eq!(fs::read_to_string(report).unwrap(), "report 3");
+        let files = fs::read_dir(dir.path().join("fi/backups")).unwrap().count();
+        assert_eq!(files, 6, "2 backups of 3 files each");
         assert!(!store.database().exists(), "moved into backups/");
         assert_eq!(store.digest_on_disk(), None);
     }
