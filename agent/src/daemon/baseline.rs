@@ -68,8 +68,11 @@ pub fn assess(
     }
 }
 
+/// One of a store's file paths.
+type StorePath = fn(&Store) -> PathBuf;
+
 /// What a re-init backs up, and the extension each gets in `backups/`.
-const BACKED_UP: [(fn(&Store) -> PathBuf, &str); 3] = [
+const BACKED_UP: [(StorePath, &str); 3] = [
     (Store::database, "db"),
     (Store::rules, "conf"),
     (Store::report, "report.txt"),
