@@ -5,7 +5,6 @@ SHELL := /bin/bash
 CACHE_DIR ?= $(HOME)/.cache/kube-fim
 export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
 CARGO ?= cargo
-AGENT := $(CARGO_TARGET_DIR)/release/fim-agent
 
 .PHONY: help
 help: ## List the targets
