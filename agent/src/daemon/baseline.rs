@@ -285,7 +285,9 @@ mod tests {
         );
         let kept = dir.path().join("fi/backups/20260103T000000.000Z.conf");
         assert_eq!(fs::read_to_string(kept).unwrap(), "conf 3");
-        let report = dir.path().join("fi/backups/20260103T000000.000Z.report.txt");
+        let report = dir
+            .path()
+            .join("fi/backups/20260103T000000.000Z.report.txt");
         assert_eq!(fs::read_to_string(report).unwrap(), "report 3");
         let files = fs::read_dir(dir.path().join("fi/backups")).unwrap().count();
         assert_eq!(files, 6, "2 backups of 3 files each");
