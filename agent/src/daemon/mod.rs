@@ -18,7 +18,7 @@ pub mod worker;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -334,6 +334,37 @@ async fn publisher(
     }
 }
 
+/// The object `name` of `api` as it changes (watch with backoff).
+fn watch_named<K>(
+    api: Api<K>,
+    name: &str,
+) -> futures::stream::BoxStream<'static, Result<K, watcher::Error>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    watcher(api, config)
+        .default_backoff()
+        .applied_objects()
+        .boxed()
+}
+
+/// Sets one maintenance flag (`fim_agent_paused` follows). When it clears, what changed during
+/// the maintenance is checked in full and reported, never laundered.
+fn set_pause(
+    flag: &AtomicBool,
+    on: bool,
+    control: &Control,
+    metrics: &Metrics,
+    jobs: &crossbeam_channel::Sender<Job>,
+) {
+    let was = flag.swap(on, Ordering::SeqCst);
+    metrics.paused.set(control.paused() as i64);
+    if was && !on {
+        let _ = jobs.send(Job::Check { full: true });
+    }
+}
+
 /// Follows the FileIntegrity: holdoff on and off, re-init requests.
 async fn watch_file_integrity(
     client: Client,
@@ -343,22 +374,12 @@ async fn watch_file_integrity(
     metrics: Arc<Metrics>,
 ) {
     let api: Api<FileIntegrity> = Api::namespaced(client, &args.namespace);
-    let config =
-        watcher::Config::default().fields(&format!("metadata.name={}", args.file_integrity));
-    let mut stream = watcher(api, config)
-        .default_backoff()
-        .applied_objects()
-        .boxed();
+    let mut stream = watch_named(api, &args.file_integrity);
     loop {
         match stream.try_next().await {
             Ok(Some(fi)) => {
                 let holdoff = fi.annotations().contains_key(labels::HOLDOFF);
-                let was = control.holdoff.swap(holdoff, Ordering::SeqCst);
-                metrics.paused.set(control.paused() as i64);
-                if was && !holdoff {
-                    // What changed during maintenance is reported now, never laundered.
-                    let _ = jobs.send(Job::Check { full: true });
-                }
+                set_pause(&control.holdoff, holdoff, &control, &metrics, &jobs);
                 match ReinitRequest::from_file_integrity(&fi) {
                     // The worker ignores requests it already answered.
                     Ok(Some(r)) if r.pending_for(&args.node, None) => {
@@ -383,20 +404,12 @@ async fn watch_node(
     metrics: Arc<Metrics>,
 ) {
     let api: Api<Node> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut stream = watcher(api, config)
-        .default_backoff()
-        .applied_objects()
-        .boxed();
+    let mut stream = watch_named(api, &node);
     loop {
         match stream.try_next().await {
             Ok(Some(n)) => {
                 let cordoned = n.spec.and_then(|s| s.unschedulable).unwrap_or(false);
-                let was = control.cordoned.swap(cordoned, Ordering::SeqCst);
-                metrics.paused.set(control.paused() as i64);
-                if was && !cordoned {
-                    let _ = jobs.send(Job::Check { full: true });
-                }
+                set_pause(&control.cordoned, cordoned, &control, &metrics, &jobs);
             }
             Ok(None) => return,
             Err(e) => tracing::warn!("Node watch: {e}"),
