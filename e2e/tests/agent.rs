@@ -167,6 +167,35 @@ impl Setup {
         result.unwrap_or_else(|e| panic!("{e}\nagent logs:\n{logs}"))
     }
 
+    /// Node `i`'s status as it is now.
+    async fn status(&self, i: usize) -> FileIntegrityNodeStatus {
+        let name = FileIntegrityNodeStatus::name_for(&self.fi, &self.nodes[i]);
+        self.statuses().get(&name).await.unwrap()
+    }
+
+    /// Agent `i`'s `/metrics` text.
+    async fn agent_metrics(&self, i: usize) -> String {
+        http_get(&format!(
+            "http://127.0.0.1:{}/metrics",
+            self.agents[i].metrics_port
+        ))
+        .await
+    }
+
+    /// Waits until agent `i`'s metrics satisfy `check`.
+    async fn wait_for_agent_metrics(&self, i: usize, what: &str, check: impl Fn(&str) -> bool) {
+        wait_for(what, WAIT, || async {
+            let body = self.agent_metrics(i).await;
+            Ok(if check(&body) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(body)
+            })
+        })
+        .await
+        .unwrap();
+    }
+
     /// Waits until node `i`'s status satisfies `check`.
     async fn wait_for_status(
         &self,
@@ -595,24 +624,12 @@ async fn results_found_while_the_api_server_is_unreachable_arrive_afterwards() {
     )
     .unwrap();
     // The agent detects it and fails to publish (its own metrics say so) ...
-    let metrics_url = format!("http://127.0.0.1:{}/metrics", s.agents[0].metrics_port);
-    wait_for("a failed publish", WAIT, || async {
-        let body = http_get(&metrics_url).await;
-        let failed = metric(&body, "fim_agent_publish_errors_total").unwrap_or(0.0);
-        let found = body.contains("fim_agent_findings{kind=\"changed\"} 1");
-        Ok(if failed >= 1.0 && found {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(body)
-        })
+    s.wait_for_agent_metrics(0, "a failed publish", |body| {
+        metric(body, "fim_agent_publish_errors_total").unwrap_or(0.0) >= 1.0
+            && body.contains("fim_agent_findings{kind=\"changed\"} 1")
     })
-    .await
-    .unwrap();
-    let status = s
-        .statuses()
-        .get(&FileIntegrityNodeStatus::name_for(&s.fi, &s.nodes[0]))
-        .await
-        .unwrap();
+    .await;
+    let status = s.status(0).await;
     assert_eq!(
         last(&status),
         Some((ScanCondition::Succeeded, 0, 0, 0)),
@@ -654,40 +671,18 @@ async fn changes_during_holdoff_are_reported_when_it_ends() {
     let s = Setup::new("agent-holdoff", Options::default()).await;
     s.wait_for_status(0, "Succeeded", succeeded()).await;
     s.annotate(labels::HOLDOFF, Some("node upgrade")).await;
-    let metrics_url = format!("http://127.0.0.1:{}/metrics", s.agents[0].metrics_port);
-    wait_for("holdoff in effect", WAIT, || async {
-        let body = http_get(&metrics_url).await;
-        Ok(if metric(&body, "fim_agent_paused") == Some(1.0) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(body)
-        })
+    s.wait_for_agent_metrics(0, "holdoff in effect", |body| {
+        metric(body, "fim_agent_paused") == Some(1.0)
     })
-    .await
-    .unwrap();
-    let events = metric(
-        &http_get(&metrics_url).await,
-        "fim_agent_realtime_events_total",
-    )
-    .unwrap();
+    .await;
+    let events = metric(&s.agent_metrics(0).await, "fim_agent_realtime_events_total").unwrap();
     fs::write(s.agents[0].root.join("etc/maintenance"), "upgrade").unwrap();
     fs::remove_file(s.agents[0].root.join("etc/hosts")).unwrap();
-    wait_for("the change events seen", WAIT, || async {
-        let body = http_get(&metrics_url).await;
-        let now = metric(&body, "fim_agent_realtime_events_total").unwrap_or(0.0);
-        Ok(if now > events {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(body)
-        })
+    s.wait_for_agent_metrics(0, "the change events seen", |body| {
+        metric(body, "fim_agent_realtime_events_total").unwrap_or(0.0) > events
     })
-    .await
-    .unwrap();
-    let status = s
-        .statuses()
-        .get(&FileIntegrityNodeStatus::name_for(&s.fi, &s.nodes[0]))
-        .await
-        .unwrap();
+    .await;
+    let status = s.status(0).await;
     assert_eq!(
         last(&status),
         Some((ScanCondition::Succeeded, 0, 0, 0)),

@@ -8,20 +8,17 @@
 //! with `cargo build -p kube-fim-operator` (`make e2e` does).
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use kube_fim_crds::{FileIntegrity, FileIntegrityNodeStatus, FileIntegrityPhase, labels};
-use kube_fim_e2e::fixtures::Operator;
-use kube_fim_e2e::{
-    Poll, TestNamespace, apply_crds, client, cluster_env, kubeconfig_path, wait_for,
-};
+use kube_fim_e2e::fixtures::{Operator, namespace_with_agent_account};
+use kube_fim_e2e::{KwokNodes, Poll, TestNamespace, apply_crds, client, wait_for};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -50,93 +47,15 @@ async fn leader_gauge(operator: &Operator) -> Option<u8> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// A kwok-managed Node of the test's own (annotations and labels like cluster-up's kwok-node-N,
-/// but not `type=kwok`, so suites picking kwok nodes never see it), plus a label selecting it.
-/// Deleted when dropped (with kubectl, so also when the test panics).
-struct OwnNode {
-    name: String,
-}
-
-impl OwnNode {
-    async fn create(client: &Client, ns: &TestNamespace, label: &str) -> OwnNode {
-        let name = format!("fim-{}", ns.name);
-        let node: Node = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                "labels": {
-                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64", label: "yes",
-                },
-            },
-        }))
-        .unwrap();
-        let nodes: Api<Node> = Api::all(client.clone());
-        nodes.create(&PostParams::default(), &node).await.unwrap();
-        let own = OwnNode { name };
-        wait_for(&format!("node {} Ready (kwok)", own.name), WAIT, || async {
-            let node = nodes.get(&own.name).await?;
-            let ready = node
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok(if ready {
-                Poll::Ready(())
-            } else {
-                Poll::Pending("not Ready".into())
-            })
-        })
+/// A namespace with the agents' service account, a kwok node of its own (deleted when dropped)
+/// and the label `e2e.kubefim.io/<namespace>=yes` on it.
+async fn setup(client: &Client, prefix: &str) -> (TestNamespace, KwokNodes, String) {
+    let ns = namespace_with_agent_account(client, prefix).await;
+    let label = format!("e2e.kubefim.io/{}", ns.name);
+    let labels = BTreeMap::from([(label.clone(), "yes".to_owned())]);
+    let node = KwokNodes::create(client, &ns.name, 1, &labels, &[])
         .await
         .unwrap();
-        own
-    }
-}
-
-impl Drop for OwnNode {
-    fn drop(&mut self) {
-        let kubectl = cluster_env()
-            .ok()
-            .and_then(|e| e.get("KUBECTL").cloned())
-            .unwrap_or_else(|| "kubectl".into());
-        let _ = Command::new(kubectl)
-            .args(["--kubeconfig"])
-            .arg(kubeconfig_path())
-            .args([
-                "delete",
-                "node",
-                &self.name,
-                "--ignore-not-found",
-                "--wait=false",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A namespace with the agents' service account (pods are refused without it), a kwok node of
-/// its own and the label `e2e.kubefim.io/<namespace>=yes` on it.
-async fn setup(client: &Client, prefix: &str) -> (TestNamespace, OwnNode, String) {
-    apply_crds(client).await.unwrap();
-    let ns = TestNamespace::create(client, prefix).await.unwrap();
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
-    sas.create(
-        &PostParams::default(),
-        &ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some("fim-agent".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let label = format!("e2e.kubefim.io/{}", ns.name);
-    let node = OwnNode::create(client, &ns, &label).await;
     (ns, node, label)
 }
 
@@ -279,7 +198,7 @@ async fn event_reporters(events: &Api<Event>, fi: &str) -> kube_fim_e2e::Result<
 #[tokio::test]
 async fn two_replicas_elect_one_writer_and_the_standby_takes_over_when_it_is_killed() {
     let client = client().await.unwrap();
-    let (ns, _node, label) = setup(&client, "ha-leader").await;
+    let (ns, _kwok, label) = setup(&client, "ha-leader").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let mut a = replica(&ns.name, "replica-a");
     let mut b = replica(&ns.name, "replica-b");
@@ -427,18 +346,16 @@ async fn two_replicas_elect_one_writer_and_the_standby_takes_over_when_it_is_kil
 #[tokio::test]
 async fn a_restarted_operator_restores_node_failed_from_the_node_statuses() {
     let client = client().await.unwrap();
-    let (ns, node, label) = setup(&client, "ha-restart").await;
+    let (ns, kwok, label) = setup(&client, "ha-restart").await;
+    let node = kwok.names[0].clone();
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let mut first = replica(&ns.name, "first");
     let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns.name);
     let fi = create_file_integrity(&fis, "rs", &label).await;
     let statuses: Api<FileIntegrityNodeStatus> = Api::namespaced(client.clone(), &ns.name);
-    let log = format!("rs-{}-failed", node.name);
-    apply_node_status(&statuses, &fi, &node.name, failed_result(&ns.name, &log)).await;
-    let gauge = format!(
-        "file_integrity_operator_node_failed{{node=\"{}\"}} 1",
-        node.name
-    );
+    let log = format!("rs-{}-failed", node);
+    apply_node_status(&statuses, &fi, &node, failed_result(&ns.name, &log)).await;
+    let gauge = format!("file_integrity_operator_node_failed{{node=\"{}\"}} 1", node);
     wait_for_metric(&first, &gauge).await;
 
     // A graceful stop releases the Lease, so the next replica leads at once.
@@ -461,7 +378,8 @@ async fn a_restarted_operator_restores_node_failed_from_the_node_statuses() {
 #[tokio::test]
 async fn the_status_of_a_deleted_node_is_removed() {
     let client = client().await.unwrap();
-    let (ns, node, label) = setup(&client, "ha-node").await;
+    let (ns, kwok, label) = setup(&client, "ha-node").await;
+    let node = kwok.names[0].clone();
     let operator = replica(&ns.name, "only");
     let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns.name);
     let fi = create_file_integrity(&fis, "nd", &label).await;
@@ -469,27 +387,21 @@ async fn the_status_of_a_deleted_node_is_removed() {
     apply_node_status(
         &statuses,
         &fi,
-        &node.name,
-        failed_result(&ns.name, &format!("nd-{}-failed", node.name)),
+        &node,
+        failed_result(&ns.name, &format!("nd-{}-failed", node)),
     )
     .await;
     wait_for_fi(&fis, "nd", "phase Active", |fi| {
         phase(fi) == Some(FileIntegrityPhase::Active)
     })
     .await;
-    let name = FileIntegrityNodeStatus::name_for("nd", &node.name);
+    let name = FileIntegrityNodeStatus::name_for("nd", &node);
     assert!(statuses.get_opt(&name).await.unwrap().is_some());
-    let gauge = format!(
-        "file_integrity_operator_node_failed{{node=\"{}\"}}",
-        node.name
-    );
+    let gauge = format!("file_integrity_operator_node_failed{{node=\"{}\"}}", node);
     wait_for_metric(&operator, &format!("{gauge} 1")).await;
 
     let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .delete(&node.name, &DeleteParams::default())
-        .await
-        .unwrap();
+    nodes.delete(&node, &DeleteParams::default()).await.unwrap();
     wait_for(&format!("node status {name} deleted"), WAIT, || async {
         Ok(match statuses.get_opt(&name).await? {
             None => Poll::Ready(()),
@@ -522,7 +434,8 @@ async fn the_status_of_a_deleted_node_is_removed() {
 #[tokio::test]
 async fn deleting_a_file_integrity_leaves_nothing_behind() {
     let client = client().await.unwrap();
-    let (ns, node, label) = setup(&client, "ha-gc").await;
+    let (ns, kwok, label) = setup(&client, "ha-gc").await;
+    let node = kwok.names[0].clone();
     let operator = replica(&ns.name, "only");
     let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns.name);
     let fi = create_file_integrity(&fis, "gc", &label).await;
@@ -538,7 +451,7 @@ async fn deleting_a_file_integrity_leaves_nothing_behind() {
             .into_iter()
             .filter_map(|p| p.spec.and_then(|s| s.node_name))
             .collect();
-        Ok(if on == [node.name.clone()] {
+        Ok(if on == [node.clone()] {
             Poll::Ready(())
         } else {
             Poll::Pending(format!("agent pods on {on:?}"))
@@ -549,14 +462,14 @@ async fn deleting_a_file_integrity_leaves_nothing_behind() {
     // What the agent creates: its node status and the failure ConfigMap, both owned by the
     // FileIntegrity and labelled with it and the node.
     let statuses: Api<FileIntegrityNodeStatus> = Api::namespaced(client.clone(), &ns.name);
-    let log = format!("gc-{}-failed", node.name);
-    apply_node_status(&statuses, &fi, &node.name, failed_result(&ns.name, &log)).await;
+    let log = format!("gc-{}-failed", node);
+    apply_node_status(&statuses, &fi, &node, failed_result(&ns.name, &log)).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let failure: ConfigMap = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {
             "name": log,
-            "labels": {labels::OWNER: "gc", labels::NODE: node.name},
+            "labels": {labels::OWNER: "gc", labels::NODE: node},
             "ownerReferences": [owner_reference(&fi)],
         },
         "data": {"integritylog": "changed: /etc/passwd\n"},
