@@ -1,6 +1,5 @@
 //! The agent's own metrics (`fim_agent_*`), served on `--metrics-addr` with `/healthz`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::{Router, extract::State, response::IntoResponse, routing::get};
@@ -151,13 +150,15 @@ async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
     )
 }
 
-/// Serves `/metrics` and `/healthz` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
 

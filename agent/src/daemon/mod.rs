@@ -150,12 +150,11 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
             addr: args.metrics_addr,
             source,
         })?;
-    drop(listener);
+    // Bound here so that a bad address fails the start; served from now on.
     tokio::spawn({
         let metrics = metrics.clone();
-        let addr = args.metrics_addr;
         async move {
-            if let Err(e) = metrics::serve(addr, metrics).await {
+            if let Err(e) = metrics::serve(listener, metrics).await {
                 tracing::error!("metrics endpoint stopped: {e}");
             }
         }
