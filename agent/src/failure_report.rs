@@ -20,7 +20,7 @@ use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
-use crate::hash::{Algorithm, digest_bytes};
+use fim_engine::hash::{Algorithm, digest_bytes};
 
 /// Data key of the report in the failure ConfigMap (as in file-integrity-operator).
 pub const DATA_KEY: &str = "integritylog";

@@ -1,18 +1,7 @@
-//! The kube-fim scan engine: AIDE-compatible configuration, parallel walking and hashing, the
-//! baseline database, comparison and reports. Used by the `fim-agent` binary.
+//! fim-agent: the node daemon (baseline store, realtime watcher, publishers) built on the
+//! `fim_engine` scan engine. The CLI lives in `main.rs`.
 
-pub mod attrs;
-pub mod config;
 pub mod daemon;
-pub mod db;
-pub mod diff;
-pub mod entry;
 pub mod failure_report;
-pub mod hash;
+pub mod progress;
 pub mod realtime;
-pub mod report;
-pub mod rules;
-pub mod scan;
-pub mod scope;
-pub mod snapshot;
-pub mod walk;

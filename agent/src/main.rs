@@ -7,11 +7,11 @@ use std::time::SystemTime;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use fim_agent::config::{Config, ConfigError, ParseContext};
-use fim_agent::db::{DbError, DbReader, DbWriter, FORMAT_VERSION, Header};
-use fim_agent::hash::Algorithm;
-use fim_agent::report::{self, ReportContext};
-use fim_agent::scan::{Outcome, ScanError, ScanOptions, scan};
+use fim_engine::config::{Config, ConfigError, ParseContext};
+use fim_engine::db::{DbError, DbReader, DbWriter, FORMAT_VERSION, Header};
+use fim_engine::hash::Algorithm;
+use fim_engine::report::{self, ReportContext};
+use fim_engine::scan::{Outcome, ScanError, ScanOptions, scan};
 
 /// AIDE's exit codes for errors (aide(1), EXIT STATUS).
 mod exit {
@@ -215,7 +215,7 @@ fn run_scan(command: &str, c: &Common, incremental: bool, force: bool) -> Result
     let config = load_config(c)?;
     let mut opts = ScanOptions::new(&c.root);
     opts.incremental = incremental;
-    opts.progress = std::io::stderr().is_terminal();
+    opts.progress = fim_agent::progress::terminal_bar();
     if let Some(t) = c.threads {
         opts.threads = t.max(1);
     }
@@ -308,11 +308,11 @@ fn run_snapshot(s: &SnapshotArgs) -> Result<u8, Failure> {
     let algorithm: Algorithm = s
         .algorithm
         .parse()
-        .map_err(|e: fim_agent::hash::UnknownAlgorithm| invalid(e.to_string()))?;
+        .map_err(|e: fim_engine::hash::UnknownAlgorithm| invalid(e.to_string()))?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let data = fim_agent::snapshot::snapshot(&s.root, &s.dir, algorithm, threads)
+    let data = fim_engine::snapshot::snapshot(&s.root, &s.dir, algorithm, threads)
         .map_err(|e| invalid(e.to_string()))?;
     let out = s
         .out

@@ -20,7 +20,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use common::{DEADLINE, FIM, Finished, Running};
-use fim_agent::attrs::AttrSet;
+use fim_engine::attrs::AttrSet;
 
 // ---------------------------------------------------------------------------------------------
 // Running the binary
@@ -365,7 +365,7 @@ fn files_deleted_while_init_runs() {
     assert_eq!(init.code, 0, "{}", init.describe());
     assert_no_errors(&init);
 
-    let recorded: BTreeSet<Vec<u8>> = fim_agent::db::DbReader::open(&s.db)
+    let recorded: BTreeSet<Vec<u8>> = fim_engine::db::DbReader::open(&s.db)
         .expect("open the database init wrote")
         .read_all()
         .expect("read the database")
@@ -430,7 +430,7 @@ fn files_deleted_while_init_runs() {
 
 #[test]
 fn collect_of_a_vanished_path_is_none() {
-    let r = fim_agent::entry::collect(
+    let r = fim_engine::entry::collect(
         b"/gone",
         Path::new("/nonexistent/x"),
         AttrSet::PERM,

@@ -7,11 +7,11 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use fim_agent::attrs::AttrSet;
-use fim_agent::config::{Config, ParseContext};
-use fim_agent::db::{DbReader, DbWriter, FORMAT_VERSION, Header};
-use fim_agent::entry::{Entry, FileType, collect};
-use fim_agent::scan::{Outcome, ScanOptions, scan};
+use fim_engine::attrs::AttrSet;
+use fim_engine::config::{Config, ParseContext};
+use fim_engine::db::{DbReader, DbWriter, FORMAT_VERSION, Header};
+use fim_engine::entry::{Entry, FileType, collect};
+use fim_engine::scan::{Outcome, ScanOptions, scan};
 
 fn cfg(text: &str) -> Config {
     Config::parse(
@@ -174,7 +174,7 @@ fn extended_attributes_are_read_per_family() {
     assert!(status.success());
 
     let after = collect_one(&file, all);
-    let changes: Vec<String> = fim_agent::diff::compare(&before, &after)
+    let changes: Vec<String> = fim_engine::diff::compare(&before, &after)
         .into_iter()
         .map(|c| c.attribute)
         .collect();
@@ -189,7 +189,7 @@ fn extended_attributes_are_read_per_family() {
     old.attrs = AttrSet::XATTRS;
     let mut new = after.clone();
     new.attrs = AttrSet::XATTRS;
-    let only: Vec<String> = fim_agent::diff::compare(&old, &new)
+    let only: Vec<String> = fim_engine::diff::compare(&old, &new)
         .into_iter()
         .map(|c| c.attribute)
         .collect();
@@ -260,7 +260,7 @@ fn update_accepts_the_current_state_and_keeps_the_digest_honest() {
     assert_ne!(upd.written_digest, first.written_digest);
     assert_eq!(
         upd.written_digest.as_deref(),
-        Some(fim_agent::db::file_digest(&db).unwrap().as_str())
+        Some(fim_engine::db::file_digest(&db).unwrap().as_str())
     );
     assert!(!check(&c, &root, &db, false).has_differences());
 }

@@ -5,10 +5,10 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
-use fim_agent::config::{Config, ParseContext};
-use fim_agent::db::{DbReader, DbWriter, FORMAT_VERSION, Header};
-use fim_agent::scan::{Outcome, ScanError, ScanOptions, scan};
-use fim_agent::scope::Scope;
+use fim_engine::config::{Config, ParseContext};
+use fim_engine::db::{DbReader, DbWriter, FORMAT_VERSION, Header};
+use fim_engine::scan::{Outcome, ScanError, ScanOptions, scan};
+use fim_engine::scope::Scope;
 
 const CONFIG: &str = "ALL = p+i+n+u+g+s+m+c+sha256\n/ ALL\n!/var/log\n";
 

@@ -1,12 +1,12 @@
 //! The effective rules of a FileIntegrity: the agent's shipped defaults or the user's
 //! ConfigMap, validated with the scan engine's own parser before any agent sees them.
 
-use fim_agent::config::{Config, ParseContext};
+use fim_engine::config::{Config, ParseContext};
 use kube_fim_crds::FileIntegrity;
 use sha2::{Digest, Sha256};
 
 /// The rules agents use when `spec.config.name` is not set (the agent's shipped default).
-pub const DEFAULT_RULES: &str = include_str!("../../agent/config/default-aide.conf");
+pub const DEFAULT_RULES: &str = fim_engine::config::DEFAULT_CONFIG;
 
 /// Name of the operator-written ConfigMap holding the effective rules of FileIntegrity `fi`.
 pub fn config_map_name(fi: &str) -> String {

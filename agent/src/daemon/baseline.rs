@@ -16,7 +16,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::db::{DbReader, file_digest};
+use fim_engine::db::{DbReader, file_digest};
 
 /// What to do with the baseline on disk, given the digest recorded in the node status.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::entry::Entry;
-use crate::scan::{Changed, Issue, Outcome, ScanStats};
-use crate::scope::Scope;
+use fim_engine::entry::Entry;
+use fim_engine::scan::{Changed, Issue, Outcome, ScanStats};
+use fim_engine::scope::Scope;
 
 #[derive(Clone, Debug)]
 enum Finding {
@@ -117,8 +117,8 @@ impl Findings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attrs::AttrSet;
-    use crate::entry::{FileType, Stat};
+    use fim_engine::attrs::AttrSet;
+    use fim_engine::entry::{FileType, Stat};
 
     fn entry(path: &[u8]) -> Entry {
         Entry {

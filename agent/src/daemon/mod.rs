@@ -437,7 +437,7 @@ fn run_realtime(
     jobs: crossbeam_channel::Sender<Job>,
     metrics: Arc<Metrics>,
 ) {
-    let map = crate::walk::RootMap::new(&args.root);
+    let map = fim_engine::walk::RootMap::new(&args.root);
     let root = args.root.clone();
     let prefer = args.realtime_backend.map(|b| match b {
         RealtimeBackend::Fanotify => Backend::Fanotify,

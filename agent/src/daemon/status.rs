@@ -16,8 +16,8 @@ use kube_fim_crds::{
 
 use super::findings::Findings;
 use crate::failure_report::{self, FailureData};
-use crate::report::display_bytes;
-use crate::scan::ScanStats;
+use fim_engine::report::display_bytes;
+use fim_engine::scan::ScanStats;
 
 /// The FileIntegrity the agent works for: what owner references and labels need.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,7 +176,7 @@ pub fn failure_config_map(owner: &Owner, node: &str, data: FailureData) -> Confi
 mod tests {
     use super::*;
     use crate::failure_report::{Limits, failure_config_map_data};
-    use crate::scan::Outcome;
+    use fim_engine::scan::Outcome;
 
     fn owner() -> Owner {
         Owner {
@@ -189,10 +189,10 @@ mod tests {
     fn findings_with_one_change() -> Findings {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), "x").unwrap();
-        let entry = crate::entry::collect(
+        let entry = fim_engine::entry::collect(
             b"/etc/f\nx",
             &dir.path().join("f"),
-            crate::attrs::AttrSet::default(),
+            fim_engine::attrs::AttrSet::default(),
             None,
             &mut Vec::new(),
         )

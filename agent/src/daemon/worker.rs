@@ -17,12 +17,12 @@ use super::baseline::{self, Assessment, Store};
 use super::findings::Findings;
 use super::metrics::Metrics;
 use super::status::{self, BaselineRecord, Owner, Report};
-use crate::config::{Config, ParseContext};
-use crate::db::{DbReader, DbWriter, FORMAT_VERSION, Header};
+use fim_engine::config::{Config, ParseContext};
+use fim_engine::db::{DbReader, DbWriter, FORMAT_VERSION, Header};
 use crate::failure_report::{self, Limits, failure_config_map_data};
-use crate::report::{self, ReportContext};
-use crate::scan::{Outcome, ScanOptions, ScanStats, scan};
-use crate::scope::Scope;
+use fim_engine::report::{self, ReportContext};
+use fim_engine::scan::{Outcome, ScanOptions, ScanStats, scan};
+use fim_engine::scope::Scope;
 
 /// Rescans naming more paths than this become an incremental check of everything.
 const MAX_SCOPE: usize = 2000;
@@ -242,7 +242,7 @@ impl Worker {
         Ok(())
     }
 
-    fn parse(&self, text: &str) -> Result<Config, crate::config::ConfigError> {
+    fn parse(&self, text: &str) -> Result<Config, fim_engine::config::ConfigError> {
         let ctx = ParseContext {
             root: Some(self.settings.root.clone()),
             hostname: self.settings.node.clone(),
@@ -432,7 +432,7 @@ impl Worker {
         let on_disk = match DbReader::open(&db) {
             Ok(reader) if reader.digest == expected => return Some(reader),
             Ok(reader) => Some(Ok(reader.digest)),
-            Err(crate::db::DbError::Open { source, .. })
+            Err(fim_engine::db::DbError::Open { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 None

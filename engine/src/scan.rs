@@ -2,8 +2,8 @@
 //! and (for init/update) stream the new baseline to disk.
 
 use std::cell::RefCell;
-use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -21,15 +21,36 @@ use crate::walk::{Candidate, RootMap, walk};
 /// Entries collected in parallel before they are merged, in order, with the baseline.
 const BATCH: usize = 4096;
 
-#[derive(Clone, Debug)]
+/// Receives a scan's progress; implemented by front ends (the engine draws nothing itself).
+pub trait Progress: Send + Sync {
+    /// The scan will look at `total` entries.
+    fn start(&self, total: u64);
+    fn advance(&self, entries: u64);
+    fn finish(&self);
+}
+
+#[derive(Clone)]
 pub struct ScanOptions {
     pub root: PathBuf,
     /// Trust a baseline hash while size, mtime, ctime and inode are unchanged.
     pub incremental: bool,
-    pub progress: bool,
+    /// Told how far the scan is (the CLI draws a progress bar from it).
+    pub progress: Option<Arc<dyn Progress>>,
     pub threads: usize,
     /// Only these paths (a realtime rescan); such a scan never writes a baseline.
     pub scope: Option<Scope>,
+}
+
+impl std::fmt::Debug for ScanOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanOptions")
+            .field("root", &self.root)
+            .field("incremental", &self.incremental)
+            .field("progress", &self.progress.is_some())
+            .field("threads", &self.threads)
+            .field("scope", &self.scope)
+            .finish()
+    }
 }
 
 impl ScanOptions {
@@ -37,7 +58,7 @@ impl ScanOptions {
         ScanOptions {
             root: root.into(),
             incremental: false,
-            progress: false,
+            progress: None,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -139,7 +160,9 @@ pub fn scan(
         baseline_digest: baseline.as_ref().map(|b| b.digest.clone()),
         ..Outcome::default()
     };
-    let progress = progress_bar(opts.progress, candidates.len() as u64);
+    if let Some(p) = &opts.progress {
+        p.start(candidates.len() as u64);
+    }
     let mut merger = Merger {
         config,
         scope: opts.scope.as_ref(),
@@ -173,10 +196,14 @@ pub fn scan(
         for p in processed {
             merger.record(p)?;
         }
-        progress.inc(batch.len() as u64);
+        if let Some(p) = &opts.progress {
+            p.advance(batch.len() as u64);
+        }
     }
     merger.finish_removed()?;
-    progress.finish_and_clear();
+    if let Some(p) = &opts.progress {
+        p.finish();
+    }
     if let Some(out) = merger.output.take() {
         outcome.written_digest = Some(out.finish()?);
     }
@@ -350,16 +377,3 @@ impl Merger<'_> {
     }
 }
 
-fn progress_bar(enabled: bool, len: u64) -> indicatif::ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files ({eta} left)",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
-}

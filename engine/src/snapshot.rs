@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::attrs::AttrSet;
 use crate::entry::{FileType, collect_with_stat};
 use crate::hash::Algorithm;
-use crate::report::display_bytes;
+use crate::display::display_bytes;
 use crate::rules::{Rule, Rules};
 use crate::walk::{RootMap, walk};
 

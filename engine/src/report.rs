@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use base64::Engine;
 use serde_json::{Value, json};
 
+use crate::display::display_bytes;
 use crate::scan::Outcome;
 
 const RULER: &str = "---------------------------------------------------";
@@ -21,30 +22,6 @@ pub struct ReportContext<'a> {
     pub started: std::time::SystemTime,
 }
 
-/// Escapes a path (or any bytes) for a line-oriented text report.
-pub fn display_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\t' => out.push_str("\\t"),
-                c if c.is_control() => {
-                    let mut b = [0u8; 4];
-                    for byte in c.encode_utf8(&mut b).bytes() {
-                        let _ = write!(out, "\\x{byte:02x}");
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-        for byte in chunk.invalid() {
-            let _ = write!(out, "\\x{byte:02x}");
-        }
-    }
-    out
-}
 
 /// The JSON fields naming a path (see the module docs).
 fn json_path(bytes: &[u8]) -> serde_json::Map<String, Value> {
@@ -66,7 +43,7 @@ fn json_path(bytes: &[u8]) -> serde_json::Map<String, Value> {
 
 fn timestamp(t: std::time::SystemTime) -> String {
     let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let s = crate::diff::time_string(crate::entry::Timestamp {
+    let s = crate::display::time_string(crate::entry::Timestamp {
         sec: since.as_secs() as i64,
         nsec: 0,
     });

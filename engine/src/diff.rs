@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::attrs::AttrSet;
 use crate::entry::{Entry, FileType, Timestamp, xattr_family};
+use crate::display::{display_bytes, time_string};
 use crate::hash::Algorithm;
 
 /// One attribute that differs, with both values as a report shows them.
@@ -82,7 +83,7 @@ pub fn compare(old: &Entry, new: &Entry) -> Vec<AttrChange> {
     if attrs.contains(AttrSet::LINKNAME) && old.link_target != new.link_target {
         let show = |t: &Option<Box<[u8]>>| {
             t.as_deref()
-                .map(crate::report::display_bytes)
+                .map(display_bytes)
                 .unwrap_or_default()
         };
         out.push(change(
@@ -148,7 +149,7 @@ fn xattrs_of(e: &Entry, family: AttrSet) -> String {
         .map(|(name, value)| {
             format!(
                 "{}={}",
-                crate::report::display_bytes(name),
+                display_bytes(name),
                 base64_of(value)
             )
         })
@@ -188,33 +189,6 @@ pub fn perm_string(ftype: FileType, perm: u32) -> String {
     s
 }
 
-/// UTC, with nanoseconds so a restored second does not hide a change.
-pub fn time_string(t: Timestamp) -> String {
-    let days = t.sec.div_euclid(86_400);
-    let secs = t.sec.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:09} +0000",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-        t.nsec
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
 
 /// AIDE's change summary `YlZbpugamcinHAXSEC` (aide.conf(5), report_summarize_changes).
 pub fn summary_string(old: &Entry, new: &Entry, changes: &[AttrChange]) -> String {
