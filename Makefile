@@ -39,9 +39,12 @@ tools: ## Install what the tests, linters and benchmarks use (AIDE, Prometheus/p
 build: ## Build both release binaries, fim-agent and fim-operator (not the test helpers)
 	$(CARGO) build --release -p kube-fim-agent -p kube-fim-operator
 
+# SUITE=agent runs one suite (e2e/tests/agent.rs) instead of all of them.
+SUITE ?=
+
 .PHONY: e2e
-e2e: e2e-binaries cluster-up ## The end-to-end suites against the local cluster, which is stopped afterwards
-	@status=0; $(CARGO) test -p kube-fim-e2e || status=$$?; \
+e2e: e2e-binaries cluster-up ## The end-to-end suites against the local cluster, which is stopped afterwards (SUITE=agent: one suite)
+	@status=0; $(CARGO) test -p kube-fim-e2e $(if $(SUITE),--test $(SUITE)) || status=$$?; \
 	  e2e/scripts/cluster-down.sh; exit $$status
 
 # Binaries the e2e suites run as processes, built before the cluster starts so a failed build
