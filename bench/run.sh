@@ -182,7 +182,7 @@ if [[ $BENCH_REF == auto || $BENCH_REF == python ]]; then
 fi
 if [[ $BENCH_REF == auto || $BENCH_REF == sha256sum ]]; then
     # xargs exits 123 when some sha256sum failed (a file vanished or is unreadable): tolerated.
-    # shellcheck disable=SC2016 # \$1 and \$2 are the inner bash's arguments, expanded there
+    # shellcheck disable=SC2016 # $1 and $2 are bash -c arguments, expanded by the inner shell
     step ref_sum "reference read+SHA-256 (${BENCH_THREADS} procs)" "find | xargs -P${BENCH_THREADS} -n 200 sha256sum" \
         "$BENCH_REPEAT" 123 bash -c 'set -o pipefail; find "$1" -type f -print0 | xargs -0 -r -P "$2" -n 200 sha256sum >/dev/null' \
         _ "$BENCH_ROOT" "$BENCH_THREADS"
