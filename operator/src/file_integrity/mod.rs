@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{Stream, StreamExt, channel::oneshot, stream};
+use futures::{Stream, StreamExt, future::BoxFuture, stream};
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetStatus},
@@ -59,12 +59,36 @@ use crate::{
     Error, Result,
     config::{self, ConfigSource},
     daemonset::{self, AgentOptions},
-    events,
-    metrics::Metrics,
-    metrics_labels,
+    events, metrics_labels,
     phase::{self, PriorityClassCheck},
     reinit,
+    runtime::{self, Shutdown},
 };
+
+pub mod metrics;
+
+use metrics::Metrics;
+
+/// The FileIntegrity controller as the runtime runs it.
+pub struct FileIntegrityController {
+    ctx: Arc<Context>,
+}
+
+impl FileIntegrityController {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+}
+
+impl runtime::Controller for FileIntegrityController {
+    fn name(&self) -> &'static str {
+        "file-integrity"
+    }
+
+    fn run(self: Box<Self>, ready: runtime::Ready, stop: Shutdown) -> BoxFuture<'static, ()> {
+        Box::pin(run(self.ctx, move || ready.set(), stop))
+    }
+}
 
 /// Settings of the operator that are not in any FileIntegrity.
 #[derive(Clone, Debug)]
@@ -934,29 +958,15 @@ fn related_requests<O: Resource<DynamicType = ()>>(
 
 type Triggers = stream::BoxStream<'static, watcher::Result<ReconcileRequest<FileIntegrity>>>;
 
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-}
-
-/// Runs the controller until SIGINT/SIGTERM (the first stops taking new work and lets running
-/// reconciles finish, the second stops at once). The watches fill the FileIntegrity, node
-/// status and node caches; once all are synced `on_ready` is called and the controller starts
-/// (requests that arrived meanwhile are queued).
+/// Runs the controller until `stop` resolves (it then takes no new work and lets running
+/// reconciles finish). The watches fill the FileIntegrity, node status and node caches; once all
+/// are synced `on_ready` is called and the controller starts (requests that arrived meanwhile
+/// are queued).
 ///
 /// # Panics
 ///
 /// When called twice with the same `ctx` (its caches have one writer).
-pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
+pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static, stop: Shutdown) {
     let ns = ctx.config.namespace.clone();
     let client = ctx.client.clone();
     let CacheWriters {
@@ -967,7 +977,7 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
         .lock()
         .expect("cache writers poisoned")
         .take()
-        .expect("controller::run called twice with one Context");
+        .expect("file_integrity::run called twice with one Context");
     let (fi_store, fi_writer) = reflector::store::<FileIntegrity>();
 
     let fis = trigger_self(
@@ -1083,15 +1093,6 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
         futures::future::ready(())
     });
 
-    let (graceful_tx, mut graceful_rx) = oneshot::channel::<()>();
-    let signals = async move {
-        shutdown_signal().await;
-        tracing::info!("graceful shutdown requested, signal again to force shutdown");
-        let _ = graceful_tx.send(());
-        shutdown_signal().await;
-        tracing::info!("forced shutdown requested");
-    };
-
     let status_store = ctx.statuses.clone();
     let node_store = ctx.nodes.clone();
     let controller = async move {
@@ -1104,7 +1105,7 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
         };
         tokio::select! {
             r = synced => if r.is_err() { return },
-            _ = &mut graceful_rx => return,
+            () = stop.clone().requested() => return,
         }
         tracing::info!("caches synced; starting the controller");
         on_ready();
@@ -1120,7 +1121,7 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
             fi_store,
             queue_rx
                 .map(Ok::<_, watcher::Error>)
-                .take_until(graceful_rx),
+                .take_until(stop.requested()),
             kube_controller::Config::default(),
         )
         .for_each(|result| async move {
@@ -1131,11 +1132,10 @@ pub async fn run(ctx: Arc<Context>, on_ready: impl FnOnce() + Send + 'static) {
         })
         .await;
     };
-    // Whichever ends first ends the controller: its queue closed after the first signal and
-    // the running reconciles finished, or a second signal.
+    // The controller ends once its queue closed (after `stop`) and the running reconciles
+    // finished; the watches never end by themselves.
     tokio::select! {
         () = controller => {}
-        () = signals => {}
         () = watches => {}
     }
 }
