@@ -68,7 +68,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             agent_image: args.agent_image,
             agent_service_account: args.agent_service_account,
             resync: Duration::from_secs(args.resync_seconds),
-            retry: Duration::from_secs(15),
+            retry: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
         },
     ));
     runtime.add(FileIntegrityController::new(ctx));
