@@ -2,6 +2,7 @@
 //! ConfigMap, validated with the scan engine's own parser before any agent sees them.
 
 use fim_engine::config::{Config, ParseContext};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube_fim_crds::FileIntegrity;
 use sha2::{Digest, Sha256};
 
@@ -60,10 +61,70 @@ impl ConfigSource {
     }
 }
 
-/// Checks `text` with the agent's parser. The error names the ConfigMap, the key and the line
-/// (`ConfigMap ns/name: aide.conf:3: ...`).
-pub fn validate(text: &str, source: &ConfigSource) -> Result<(), String> {
-    let (label, file) = match source {
+/// Why the rules of a FileIntegrity cannot be used. Permanent until the user changes the
+/// FileIntegrity or the ConfigMap: the agents keep the last good rules meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The referenced ConfigMap does not exist.
+    #[error("config ConfigMap {namespace}/{name} not found")]
+    NotFound { namespace: String, name: String },
+    /// The referenced ConfigMap has no such key.
+    #[error("config ConfigMap {namespace}/{name} has no key {key}")]
+    KeyMissing {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    /// The rules do not parse; `message` names the file and line.
+    #[error("invalid rules in {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl ConfigError {
+    /// Bounded `error` label of `file_integrity_operator_error_total` (one of
+    /// [`crate::metrics_labels::ERROR_REASONS`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConfigError::NotFound { .. } => "config_not_found",
+            ConfigError::KeyMissing { .. } => "config_key_missing",
+            ConfigError::Invalid { .. } => "config_invalid",
+        }
+    }
+}
+
+/// The rules text of `source`, given the ConfigMap it names as read (`None`: not found).
+pub fn rules_text(
+    source: &ConfigSource,
+    config_map: Option<&ConfigMap>,
+) -> Result<String, ConfigError> {
+    match source {
+        ConfigSource::Default => Ok(DEFAULT_RULES.to_owned()),
+        ConfigSource::ConfigMap {
+            namespace,
+            name,
+            key,
+        } => {
+            let cm = config_map.ok_or_else(|| ConfigError::NotFound {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            })?;
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .cloned()
+                .ok_or_else(|| ConfigError::KeyMissing {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    key: key.clone(),
+                })
+        }
+    }
+}
+
+/// Checks `text` with the engine's parser. The error names the ConfigMap, the key and the line
+/// (`invalid rules in ConfigMap ns/name: aide.conf:3: ...`).
+pub fn validate(text: &str, source: &ConfigSource) -> Result<(), ConfigError> {
+    let (origin, file) = match source {
         ConfigSource::Default => ("default rules".to_owned(), "aide.conf"),
         ConfigSource::ConfigMap {
             namespace,
@@ -77,7 +138,10 @@ pub fn validate(text: &str, source: &ConfigSource) -> Result<(), String> {
     };
     Config::parse(text, file, &ctx)
         .map(|_| ())
-        .map_err(|e| format!("invalid rules in {label}: {e}"))
+        .map_err(|e| ConfigError::Invalid {
+            origin,
+            message: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -101,8 +165,61 @@ mod tests {
     fn an_error_names_the_config_map_and_the_line() {
         let text = "ALL = p+u+g+sha256\n/etc ALL\n/usr NOSUCHGROUP\n";
         let err = validate(text, &source()).unwrap_err();
+        assert_eq!(err.reason(), "config_invalid");
+        let err = err.to_string();
         assert!(err.contains("ConfigMap kube-fim/rules"), "{err}");
         assert!(err.contains("aide.conf:3"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_config_map_or_key_is_its_own_reason() {
+        let err = rules_text(&source(), None).unwrap_err();
+        assert_eq!(err.to_string(), "config ConfigMap kube-fim/rules not found");
+        assert_eq!(err.reason(), "config_not_found");
+        let cm = ConfigMap {
+            data: Some([("other".to_owned(), "x".to_owned())].into()),
+            ..ConfigMap::default()
+        };
+        let err = rules_text(&source(), Some(&cm)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config ConfigMap kube-fim/rules has no key aide.conf"
+        );
+        assert_eq!(err.reason(), "config_key_missing");
+        let cm = ConfigMap {
+            data: Some([("aide.conf".to_owned(), "/etc p\n".to_owned())].into()),
+            ..ConfigMap::default()
+        };
+        assert_eq!(rules_text(&source(), Some(&cm)).unwrap(), "/etc p\n");
+        assert_eq!(
+            rules_text(&ConfigSource::Default, None).unwrap(),
+            DEFAULT_RULES
+        );
+    }
+
+    #[test]
+    fn every_reason_is_a_listed_label_value() {
+        let errors = [
+            ConfigError::NotFound {
+                namespace: "a".into(),
+                name: "b".into(),
+            },
+            ConfigError::KeyMissing {
+                namespace: "a".into(),
+                name: "b".into(),
+                key: "c".into(),
+            },
+            ConfigError::Invalid {
+                origin: "a".into(),
+                message: "b".into(),
+            },
+        ];
+        for e in errors {
+            assert!(
+                crate::metrics_labels::ERROR_REASONS.contains(&e.reason()),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

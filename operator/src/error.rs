@@ -27,7 +27,8 @@ pub enum Error {
     #[error("invalid re-init request annotation: {0}")]
     InvalidReinitRequest(#[source] serde_json::Error),
 
-    /// An API call of the controller failed; the reconcile is retried.
+    /// An API call of the controller failed; the reconcile is retried with backoff unless the
+    /// API server rejected the request itself (see [`Error::is_permanent`]).
     #[error("{action}: {source}")]
     Kube {
         action: String,
@@ -43,6 +44,22 @@ impl Error {
         move |source| Error::Kube { action, source }
     }
 
+    /// Whether retrying cannot help until something changes: the FileIntegrity is unusable as
+    /// it is, or the API server rejected what the operator derived from it (400 Bad Request,
+    /// 422 Invalid). Everything else (connection errors, timeouts, conflicts, throttling,
+    /// missing rights that an admin may grant) is transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::MissingObjectKey(_)
+            | Error::ForeignNamespace { .. }
+            | Error::NameTooLong(_)
+            | Error::InvalidReinitRequest(_) => true,
+            Error::Kube { source, .. } => {
+                matches!(source, kube::Error::Api(status) if matches!(status.code, 400 | 422))
+            }
+        }
+    }
+
     /// Bounded label value for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -56,3 +73,36 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "message": "m", "reason": "r", "code": code,
+        }))
+        .unwrap();
+        Error::kube("applying DaemonSet x")(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn an_unusable_object_or_a_rejected_request_is_permanent() {
+        assert!(Error::MissingObjectKey("metadata.uid").is_permanent());
+        assert!(Error::NameTooLong("x".repeat(64)).is_permanent());
+        assert!(api_error(422).is_permanent());
+        assert!(api_error(400).is_permanent());
+    }
+
+    #[test]
+    fn api_trouble_is_transient() {
+        for code in [403, 404, 409, 429, 500, 503] {
+            assert!(!api_error(code).is_permanent(), "{code}");
+        }
+        let timeout = Error::kube("reading x")(kube::Error::Service(Box::new(
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+        )));
+        assert!(!timeout.is_permanent());
+        assert_eq!(timeout.metric_label(), "kube");
+    }
+}

@@ -2,8 +2,8 @@
 //!
 //! The names are the file-integrity-operator's, so existing alerts and dashboards
 //! keep working. Label values must stay bounded: an error message is free text (paths, object
-//! names, API responses) and would create one series per distinct message, so it is mapped to a
-//! fixed set of reasons first.
+//! names, API responses) and would create one series per distinct message, so the `error`
+//! label is a typed error's bounded reason, never its message.
 
 /// Counter: transitions to a phase; label `phase`.
 pub const PHASE_TOTAL: &str = "file_integrity_operator_phase_total";
@@ -53,89 +53,9 @@ pub const LABEL_OPERATION: &str = "operation";
 /// `ReinitTargets::by`).
 pub const REINIT_BY_CONFIG: &str = "config";
 
-/// `error` label values: the only values [`error_reason`] returns.
-pub const ERROR_REASONS: [&str; 10] = [
-    "config_not_found",
-    "config_key_missing",
-    "config_invalid",
-    "baseline_corrupt",
-    "baseline_changed",
-    "permission_denied",
-    "timeout",
-    "api_error",
-    "io_error",
-    "other",
-];
-
-/// `(reason, keyword groups)`, most specific first: a message gets the reason of the first rule
-/// with a keyword of every group in it (lower-cased).
-const RULES: &[(&str, &[&[&str]])] = &[
-    (
-        "config_key_missing",
-        &[
-            &["configmap"],
-            &["not found", "missing", "no key"],
-            &["key"],
-        ],
-    ),
-    (
-        "config_not_found",
-        &[&["configmap"], &["not found", "missing", "does not exist"]],
-    ),
-    (
-        "baseline_corrupt",
-        &[
-            &["baseline", "database"],
-            &["corrupt", "truncated", "checksum"],
-        ],
-    ),
-    (
-        "baseline_changed",
-        &[
-            &["baseline", "database"],
-            &["changed", "replaced", "unexpected digest"],
-        ],
-    ),
-    (
-        "permission_denied",
-        &[&[
-            "permission denied",
-            "forbidden",
-            "eacces",
-            "eperm",
-            "unauthorized",
-        ]],
-    ),
-    ("timeout", &[&["timeout", "timed out", "deadline"]]),
-    ("config_invalid", &[&["config", "rule", "syntax", "parse"]]),
-    (
-        "api_error",
-        &[&["api server", "apiserver", "conflict", "too many requests"]],
-    ),
-    (
-        "io_error",
-        &[&[
-            "i/o",
-            "no such file",
-            "os error",
-            "no space",
-            "read-only file system",
-        ]],
-    ),
-];
-
-/// Maps a free-text error message to one of [`ERROR_REASONS`].
-pub fn error_reason(message: &str) -> &'static str {
-    let message = message.to_lowercase();
-    RULES
-        .iter()
-        .find(|(_, groups)| {
-            groups
-                .iter()
-                .all(|group| group.iter().any(|word| message.contains(word)))
-        })
-        .map_or("other", |(reason, _)| reason)
-}
+/// `error` label values of [`ERROR_TOTAL`]: the only values
+/// [`crate::config::ConfigError::reason`] returns.
+pub const ERROR_REASONS: [&str; 3] = ["config_not_found", "config_key_missing", "config_invalid"];
 
 #[cfg(test)]
 mod tests {
@@ -150,55 +70,5 @@ mod tests {
             ALL.iter().collect::<std::collections::BTreeSet<_>>().len(),
             ALL.len()
         );
-    }
-
-    #[test]
-    fn every_rule_yields_a_listed_reason() {
-        for (reason, _) in RULES {
-            assert!(ERROR_REASONS.contains(reason), "{reason}");
-        }
-    }
-
-    #[test]
-    fn messages_map_to_bounded_reasons() {
-        let cases = [
-            ("configmap kube-fim/myconf not found", "config_not_found"),
-            (
-                "ConfigMap kube-fim/myconf has no key aide.conf (missing)",
-                "config_key_missing",
-            ),
-            ("line 12: syntax error in rule '/etc R+x'", "config_invalid"),
-            (
-                "baseline /baseline/db is corrupt: checksum mismatch",
-                "baseline_corrupt",
-            ),
-            (
-                "baseline digest changed without a re-init request",
-                "baseline_changed",
-            ),
-            (
-                "open /host/etc/shadow: Permission denied (os error 13)",
-                "permission_denied",
-            ),
-            ("scan timed out after 3600s", "timeout"),
-            (
-                "configmaps \"myconf\" is forbidden: User cannot get resource",
-                "permission_denied",
-            ),
-            (
-                "ApiError: Operation cannot be fulfilled: Conflict",
-                "api_error",
-            ),
-            (
-                "write /baseline/db.new: No space left on device",
-                "io_error",
-            ),
-            ("something nobody anticipated", "other"),
-            ("", "other"),
-        ];
-        for (message, reason) in cases {
-            assert_eq!(error_reason(message), reason, "{message}");
-            assert!(ERROR_REASONS.contains(&reason));
-        }
     }
 }

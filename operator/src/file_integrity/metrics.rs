@@ -1,16 +1,16 @@
-//! The operator's Prometheus metrics (names from [`crate::metrics_labels`]).
+//! The FileIntegrity controller's Prometheus metrics (names from [`crate::metrics_labels`]),
+//! registered in the runtime's registry.
 
 use std::collections::BTreeMap;
 
 use kube_fim_crds::ScanCondition;
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::metrics_labels as names;
 
 /// Registered metrics; cheap to share behind an `Arc`.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
     /// Transitions to a phase; label `phase`.
     pub phase_total: IntCounterVec,
     /// FileIntegrity errors; label `error` (bounded by [`names::error_reason`]).
@@ -26,15 +26,13 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
-        let registry = Registry::new();
+    /// The metrics, registered in `registry`.
+    ///
+    /// # Panics
+    ///
+    /// When `registry` already holds metrics of these names.
+    pub fn new(registry: &Registry) -> Self {
         let phase_total = IntCounterVec::new(
             Opts::new(
                 names::PHASE_TOTAL,
@@ -94,7 +92,6 @@ impl Metrics {
                 .expect("metric registered once");
         }
         Self {
-            registry,
             phase_total,
             error_total,
             node_failed,
@@ -144,15 +141,6 @@ impl Metrics {
                 .remove_label_values(&[condition.as_str(), node]);
         }
     }
-
-    /// The text exposition format.
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("text format is UTF-8")
-    }
 }
 
 #[cfg(test)]
@@ -161,7 +149,8 @@ mod tests {
 
     #[test]
     fn renders_the_seed_names() {
-        let m = Metrics::new();
+        let registry = Registry::new();
+        let m = Metrics::new(&registry);
         m.phase_total.with_label_values(&["Active"]).inc();
         m.set_node_failed(&BTreeMap::from([
             ("a".to_owned(), true),
@@ -181,7 +170,7 @@ mod tests {
         m.forget_node("never-seen");
         m.count_reinit(&["config", "node"], &["a".to_owned()].into());
         m.count_reinit(&["demand"], &["a".to_owned(), "b".to_owned()].into());
-        let text = m.render();
+        let text = crate::runtime::http::render(&registry);
         assert!(
             text.contains(
                 "file_integrity_operator_node_status_total{condition=\"Failed\",node=\"a\"} 1"
