@@ -190,7 +190,7 @@ impl<'a> Walker<'a> {
             child.push(b'/');
         }
         let base_len = child.len();
-        while let Some(item) = dir.next() {
+        for item in dir.by_ref() {
             let item = match item {
                 Ok(i) => i,
                 Err(e) => {
