@@ -9,8 +9,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 struct Bar(ProgressBar);
 
 impl Progress for Bar {
-    fn start(&self, total: u64) {
-        self.0.set_length(total);
+    fn start(&self, total: Option<u64>) {
+        match total {
+            Some(n) => self.0.set_length(n),
+            // A streaming scan counts entries as it goes, without a total to show a bar against.
+            None => self.0.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} files")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ),
+        }
     }
     fn advance(&self, entries: u64) {
         self.0.inc(entries);

@@ -430,9 +430,11 @@ fn files_deleted_while_init_runs() {
 
 #[test]
 fn collect_of_a_vanished_path_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fim_engine::root::Root::open(dir.path()).unwrap();
     let r = fim_engine::entry::collect(
-        b"/gone",
-        Path::new("/nonexistent/x"),
+        &root,
+        b"/nonexistent/x",
         AttrSet::PERM,
         None,
         &mut Vec::new(),

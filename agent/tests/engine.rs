@@ -62,7 +62,10 @@ fn paths(entries: &[Entry]) -> Vec<String> {
 }
 
 fn collect_one(path: &Path, attrs: AttrSet) -> Entry {
-    collect(b"/x", path, attrs, None, &mut Vec::new())
+    let root = fim_engine::root::Root::open(path.parent().unwrap()).unwrap();
+    let mut node = b"/".to_vec();
+    node.extend_from_slice(path.file_name().unwrap().as_encoded_bytes());
+    collect(&root, &node, attrs, None, &mut Vec::new())
         .unwrap()
         .unwrap()
         .entry

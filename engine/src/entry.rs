@@ -1,14 +1,18 @@
 //! What is recorded about one file, and how it is read from the filesystem.
 
-use std::fs::{self, File, Metadata};
+use std::ffi::CStr;
+use std::fs::{File, Metadata};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+
+use rustix::fs::OFlags;
+use rustix::io::Errno;
 
 use serde::{Deserialize, Serialize};
 
 use crate::attrs::AttrSet;
 use crate::hash::{Algorithm, MultiHasher};
+use crate::root::Root;
 
 /// File types, with the letters aide.conf uses for restricted rules and reports use for entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -201,34 +205,31 @@ pub struct Collected {
     pub bytes_hashed: Option<u64>,
 }
 
-/// Reads what `attrs` asks for about the file at `fs_path`. `Ok(None)` means it vanished before it
-/// could be looked at. `reuse` (incremental mode) supplies hashes that are still valid.
+/// Reads what `attrs` asks for about the file at `node_path` below `root`. `Ok(None)` means it
+/// vanished before it could be looked at. `reuse` (incremental mode) supplies hashes that are
+/// still valid.
 pub fn collect(
+    root: &Root,
     node_path: &[u8],
-    fs_path: &Path,
     attrs: AttrSet,
     reuse: Option<&Entry>,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<Collected>> {
-    let meta = match fs::symlink_metadata(fs_path) {
-        Ok(m) => m,
+    let stat = match root.lstat(node_path) {
+        Ok(st) => st,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    collect_with_stat(
-        node_path,
-        fs_path,
-        Stat::from_metadata(&meta),
-        attrs,
-        reuse,
-        buf,
-    )
+    collect_with_stat(root, node_path, stat, attrs, reuse, buf)
 }
 
-/// `collect` for an entry the walker has already stat'ed.
+/// `collect` for an entry the walker has already stat'ed. Everything is read through one
+/// descriptor opened below `root` without following symlinks: a regular file or directory is
+/// opened for reading (non-blocking: a file swapped for a FIFO cannot hang the scan), anything
+/// else only as `O_PATH` (opening a device could have side effects).
 pub fn collect_with_stat(
+    root: &Root,
     node_path: &[u8],
-    fs_path: &Path,
     stat: Stat,
     attrs: AttrSet,
     reuse: Option<&Entry>,
@@ -247,13 +248,7 @@ pub fn collect_with_stat(
         hashes: Vec::new(),
         error: None,
     };
-    if ftype == FileType::Symlink && attrs.contains(AttrSet::LINKNAME) {
-        match fs::read_link(fs_path) {
-            Ok(t) => entry.link_target = Some(t.into_os_string().into_encoded_bytes().into()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => entry.error = Some(format!("cannot read link: {e}")),
-        }
-    }
+    let wants_link = ftype == FileType::Symlink && attrs.contains(AttrSet::LINKNAME);
     let wants_xattrs = !attrs
         .intersect(
             AttrSet::ACL
@@ -262,36 +257,95 @@ pub fn collect_with_stat(
                 .union(AttrSet::CAPS),
         )
         .is_empty();
+    let wants_e2fs = attrs.contains(AttrSet::E2FSATTRS)
+        && matches!(ftype, FileType::Regular | FileType::Directory);
+    let reusable = (ftype == FileType::Regular && attrs.has_hashes())
+        .then(|| {
+            reuse.filter(|old| {
+                old.ftype == FileType::Regular
+                    && old.error.is_none()
+                    && old.stat.content_unchanged(&stat)
+                    && attrs.algorithms().all(|a| old.hash(a).is_some())
+            })
+        })
+        .flatten();
+    let wants_hash = ftype == FileType::Regular && attrs.has_hashes() && reusable.is_none();
+    if let Some(old) = reusable {
+        entry.hashes = attrs
+            .algorithms()
+            .map(|a| (a, old.hash(a).unwrap_or_default().into()))
+            .collect();
+    }
+    if !(wants_link || wants_xattrs || wants_e2fs || wants_hash) {
+        return Ok(Some(Collected {
+            entry,
+            bytes_hashed,
+        }));
+    }
+    // Regular files and directories are read through a readable descriptor; when that is refused
+    // (no read permission) the attributes that need none still come through an O_PATH one.
+    let (file, readable, open_err) = if matches!(ftype, FileType::Regular | FileType::Directory) {
+        match open_for_read(root, node_path) {
+            Ok(f) => (Some(f), true, None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => (open_path(root, node_path).ok(), false, Some(e)),
+        }
+    } else {
+        match open_path(root, node_path) {
+            Ok(f) => (Some(f), false, None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => (None, false, Some(e)),
+        }
+    };
+    // The descriptor must be the entry that was stat'ed, not something renamed into its place.
+    if let Some(f) = &file {
+        let now = Stat::from_rustix(&rustix::fs::fstat(f)?);
+        if now.ino != stat.ino || now.file_type() != ftype {
+            entry.error = Some("file was replaced while it was being scanned".into());
+            return Ok(Some(Collected {
+                entry,
+                bytes_hashed,
+            }));
+        }
+    }
+    let open_error = || {
+        open_err
+            .as_ref()
+            .map_or_else(|| "cannot open".to_string(), |e| e.to_string())
+    };
+    if wants_link {
+        match &file {
+            Some(f) => match rustix::fs::readlinkat(f, c"", Vec::new()) {
+                Ok(t) => entry.link_target = Some(t.into_bytes().into()),
+                Err(Errno::NOENT) => return Ok(None),
+                Err(e) => entry.error = Some(format!("cannot read link: {}", io::Error::from(e))),
+            },
+            None => entry.error = Some(format!("cannot read link: {}", open_error())),
+        }
+    }
     if wants_xattrs {
-        entry.xattrs = Some(read_xattrs(fs_path).unwrap_or_default());
+        entry.xattrs = Some(
+            file.as_ref()
+                .and_then(|f| read_xattrs(f, readable).ok())
+                .unwrap_or_default(),
+        );
     }
-    if attrs.contains(AttrSet::E2FSATTRS)
-        && matches!(ftype, FileType::Regular | FileType::Directory)
-    {
-        entry.e2fsattrs = read_e2fsattrs(fs_path);
+    if wants_e2fs && readable {
+        entry.e2fsattrs = file
+            .as_ref()
+            .and_then(|f| rustix::fs::ioctl_getflags(f).ok())
+            .map(|f| f.bits());
     }
-    if ftype == FileType::Regular && attrs.has_hashes() {
-        let reusable = reuse.filter(|old| {
-            old.ftype == FileType::Regular
-                && old.error.is_none()
-                && old.stat.content_unchanged(&stat)
-                && attrs.algorithms().all(|a| old.hash(a).is_some())
-        });
-        match reusable {
-            Some(old) => {
-                entry.hashes = attrs
-                    .algorithms()
-                    .map(|a| (a, old.hash(a).unwrap_or_default().into()))
-                    .collect();
-            }
-            None => match hash_file(fs_path, &stat, attrs, buf) {
+    if wants_hash {
+        match file.filter(|_| readable) {
+            Some(f) => match hash_file(f, attrs, buf) {
                 Ok((h, n)) => {
                     entry.hashes = h;
                     bytes_hashed = Some(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => entry.error = Some(e.to_string()),
             },
+            None => entry.error = Some(open_error()),
         }
     }
     Ok(Some(Collected {
@@ -300,21 +354,13 @@ pub fn collect_with_stat(
     }))
 }
 
-/// Opens without following symlinks and without blocking (a file swapped for a FIFO cannot hang
-/// the scan), checks it is still the file that was stat'ed, and streams it through the hashers.
-fn hash_file(
-    fs_path: &Path,
-    stat: &Stat,
-    attrs: AttrSet,
-    buf: &mut Vec<u8>,
-) -> io::Result<(Hashes, u64)> {
-    let mut file = open_for_read(fs_path)?;
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() || meta.ino() != stat.ino {
-        return Err(io::Error::other(
-            "file was replaced while it was being scanned",
-        ));
-    }
+fn open_path(root: &Root, node_path: &[u8]) -> io::Result<File> {
+    root.open_node(node_path, OFlags::PATH | OFlags::NOFOLLOW)
+        .map(File::from)
+}
+
+/// Streams an open regular file through the hashers.
+fn hash_file(mut file: File, attrs: AttrSet, buf: &mut Vec<u8>) -> io::Result<(Hashes, u64)> {
     advise_sequential(&file);
     if buf.len() < crate::hash::READ_BUFFER {
         buf.resize(crate::hash::READ_BUFFER, 0);
@@ -329,20 +375,14 @@ fn hash_file(
     Ok((hashes, bytes))
 }
 
-fn open_for_read(fs_path: &Path) -> io::Result<File> {
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+fn open_for_read(root: &Root, node_path: &[u8]) -> io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK;
     // O_NOATIME keeps the scan from touching atime, but is refused for files we do not own.
-    match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags | libc::O_NOATIME)
-        .open(fs_path)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(fs_path),
+    match root.open_node(node_path, flags | OFlags::NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => root.open_node(node_path, flags),
         other => other,
     }
+    .map(File::from)
 }
 
 fn advise_sequential(file: &File) {
@@ -353,13 +393,28 @@ fn advise_sequential(file: &File) {
     }
 }
 
-fn read_xattrs(fs_path: &Path) -> io::Result<Xattrs> {
+/// The extended attributes of an open file. An `O_PATH` descriptor (symlinks, devices) has no
+/// f*xattr calls; `/proc/self/fd/N` names exactly the file it refers to, never following further.
+fn read_xattrs(file: &File, readable: bool) -> io::Result<Xattrs> {
+    use std::os::fd::AsRawFd;
+    let proc_path = (!readable).then(|| format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let list = |names: &mut Vec<u8>| match &proc_path {
+        None => rustix::fs::flistxattr(file, names.as_mut_slice()),
+        Some(p) => rustix::fs::listxattr(p.as_str(), names.as_mut_slice()),
+    };
+    let get = |name: &CStr, value: &mut Vec<u8>| match &proc_path {
+        None => rustix::fs::fgetxattr(file, name, value.as_mut_slice()),
+        Some(p) => rustix::fs::getxattr(p.as_str(), name, value.as_mut_slice()),
+    };
     let mut names = vec![0u8; 4096];
     let len = loop {
-        match rustix::fs::llistxattr(fs_path, &mut names) {
+        match list(&mut names) {
             Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(Errno::RANGE) => {
+                let n = names.len() * 4;
+                names.resize(n, 0)
+            }
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         }
     };
@@ -368,10 +423,13 @@ fn read_xattrs(fs_path: &Path) -> io::Result<Xattrs> {
         let cname = std::ffi::CString::new(name).map_err(io::Error::other)?;
         let mut value = vec![0u8; 256];
         let n = loop {
-            match rustix::fs::lgetxattr(fs_path, cname.as_c_str(), &mut value) {
+            match get(cname.as_c_str(), &mut value) {
                 Ok(n) => break n,
-                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
-                Err(rustix::io::Errno::NODATA) => break usize::MAX,
+                Err(Errno::RANGE) => {
+                    let n = value.len() * 4;
+                    value.resize(n, 0)
+                }
+                Err(Errno::NODATA) => break usize::MAX,
                 Err(e) => return Err(e.into()),
             }
         };
@@ -382,11 +440,6 @@ fn read_xattrs(fs_path: &Path) -> io::Result<Xattrs> {
     }
     out.sort();
     Ok(out)
-}
-
-fn read_e2fsattrs(fs_path: &Path) -> Option<u32> {
-    let file = open_for_read(fs_path).ok()?;
-    rustix::fs::ioctl_getflags(&file).ok().map(|f| f.bits())
 }
 
 /// The family an extended attribute belongs to, so `acl`, `selinux`, `caps` and `xattrs` compare

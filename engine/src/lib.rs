@@ -14,6 +14,7 @@ pub mod display;
 pub mod entry;
 pub mod hash;
 pub mod report;
+pub mod root;
 pub mod rules;
 pub mod scan;
 pub mod scope;

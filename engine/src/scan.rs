@@ -14,17 +14,20 @@ use crate::config::Config;
 use crate::db::{DbError, DbReader, DbWriter};
 use crate::diff::{AttrChange, compare, summary_string};
 use crate::entry::{Collected, Entry, FileType, collect_with_stat};
+use crate::root::Root;
 use crate::scope::Scope;
 pub use crate::walk::Issue;
-use crate::walk::{Candidate, RootMap, walk};
+use crate::walk::{Candidate, Walker};
 
-/// Entries collected in parallel before they are merged, in order, with the baseline.
+/// Entries collected in parallel before they are merged, in order, with the baseline. The walk
+/// runs ahead by at most a batch or two, so memory does not grow with the tree.
 const BATCH: usize = 4096;
 
 /// Receives a scan's progress; implemented by front ends (the engine draws nothing itself).
 pub trait Progress: Send + Sync {
-    /// The scan will look at `total` entries.
-    fn start(&self, total: u64);
+    /// The scan starts; `total` is how many entries it will look at, when known (the walk streams,
+    /// so a scan does not know it in advance).
+    fn start(&self, total: Option<u64>);
     fn advance(&self, entries: u64);
     fn finish(&self);
 }
@@ -144,24 +147,23 @@ pub fn scan(
     if opts.scope.is_some() && output.is_some() {
         return Err(ScanError::ScopedBaseline);
     }
-    std::fs::read_dir(&opts.root).map_err(|source| ScanError::Root {
+    let root_err = |source| ScanError::Root {
         root: opts.root.clone(),
         source,
-    })?;
+    };
+    let root = Root::open(&opts.root).map_err(root_err)?;
+    root.open_dir().map_err(root_err)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.max(1))
         .thread_name(|i| format!("fim-scan-{i}"))
         .build()
         .map_err(|e| ScanError::Threads(e.to_string()))?;
-    let map = RootMap::new(&opts.root);
-    let (candidates, walk_issues) = pool.install(|| walk(&config.rules, &map, opts.scope.as_ref()));
     let mut outcome = Outcome {
-        issues: walk_issues,
         baseline_digest: baseline.as_ref().map(|b| b.digest.clone()),
         ..Outcome::default()
     };
     if let Some(p) = &opts.progress {
-        p.start(candidates.len() as u64);
+        p.start(None);
     }
     let mut merger = Merger {
         config,
@@ -171,35 +173,30 @@ pub fn scan(
         output,
         outcome: &mut outcome,
     };
-    let batches: Vec<&[Candidate]> = candidates.chunks(BATCH).collect();
-
-    // While one batch is collected on all threads, the baseline entries of the next are read.
-    let mut olds = match batches.first() {
-        Some(b) => merger.take_olds(b)?,
-        None => Vec::new(),
-    };
-    for (i, batch) in batches.iter().enumerate() {
-        let current = std::mem::take(&mut olds);
-        let (processed, next) = pool.install(|| {
-            rayon::join(
-                || {
-                    batch
-                        .par_iter()
-                        .zip(current.into_par_iter())
-                        .map(|(c, old)| process(config, &map, opts.incremental, c, old))
-                        .collect::<Vec<_>>()
-                },
-                || batches.get(i + 1).map(|b| merger.take_olds(b)).transpose(),
-            )
-        });
-        olds = next?.unwrap_or_default();
-        for p in processed {
-            merger.record(p)?;
-        }
-        if let Some(p) = &opts.progress {
-            p.advance(batch.len() as u64);
-        }
-    }
+    // The walk runs on its own thread, a batch ahead of the collection.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Candidate>>(1);
+    let (rules, root_ref, scope) = (&config.rules, &root, opts.scope.as_ref());
+    let walk_issues = std::thread::scope(|s| -> Result<Vec<Issue>, ScanError> {
+        let walker = std::thread::Builder::new()
+            .name("fim-walk".into())
+            .spawn_scoped(s, move || {
+                let mut w = Walker::new(rules, root_ref, scope);
+                loop {
+                    let batch = w.next_batch(BATCH);
+                    if batch.is_empty() || tx.send(batch).is_err() {
+                        break;
+                    }
+                }
+                w.into_issues()
+            })
+            .map_err(|e| ScanError::Threads(e.to_string()))?;
+        let mut rx = rx;
+        let merged = merge_batches(config, opts, &root, &pool, &mut rx, &mut merger);
+        // On an error the walk stops at its next send.
+        drop(rx);
+        let issues = walker.join().expect("the walk thread does not panic");
+        merged.map(|()| issues)
+    })?;
     merger.finish_removed()?;
     if let Some(p) = &opts.progress {
         p.finish();
@@ -207,8 +204,60 @@ pub fn scan(
     if let Some(out) = merger.output.take() {
         outcome.written_digest = Some(out.finish()?);
     }
+    // Directories the walk could not read come first, then entries that could not be read.
+    let collect_issues = std::mem::replace(&mut outcome.issues, walk_issues);
+    outcome.issues.extend(collect_issues);
     outcome.stats.duration = started.elapsed();
     Ok(outcome)
+}
+
+/// Collects each batch the walk sends on all threads and merges it, in order, with the baseline;
+/// while one batch is collected, the baseline entries of the next are read.
+fn merge_batches(
+    config: &Config,
+    opts: &ScanOptions,
+    root: &Root,
+    pool: &rayon::ThreadPool,
+    batches: &mut std::sync::mpsc::Receiver<Vec<Candidate>>,
+    merger: &mut Merger<'_>,
+) -> Result<(), ScanError> {
+    let mut current = batches.recv().ok();
+    let mut olds = match &current {
+        Some(b) => merger.take_olds(b)?,
+        None => Vec::new(),
+    };
+    while let Some(batch) = current.take() {
+        let this_olds = std::mem::take(&mut olds);
+        // Moved into the reading closure: a receiver is not shared between threads, only handed over.
+        let (rx, m) = (&mut *batches, &mut *merger);
+        let (processed, next) = pool.install(|| {
+            rayon::join(
+                || {
+                    batch
+                        .par_iter()
+                        .zip(this_olds.into_par_iter())
+                        .map(|(c, old)| process(config, root, opts.incremental, c, old))
+                        .collect::<Vec<_>>()
+                },
+                move || -> Result<_, DbError> {
+                    let next = rx.recv().ok();
+                    let olds = match &next {
+                        Some(b) => m.take_olds(b)?,
+                        None => Vec::new(),
+                    };
+                    Ok((next, olds))
+                },
+            )
+        });
+        (current, olds) = next?;
+        for p in processed {
+            merger.record(p)?;
+        }
+        if let Some(p) = &opts.progress {
+            p.advance(batch.len() as u64);
+        }
+    }
+    Ok(())
 }
 
 /// One candidate collected and compared with its baseline entry (on a pool thread).
@@ -222,17 +271,15 @@ struct Processed {
 
 fn process(
     config: &Config,
-    map: &RootMap,
+    root: &Root,
     incremental: bool,
     cand: &Candidate,
     old: Option<Entry>,
 ) -> Processed {
     let attrs = config.rules.get(cand.rule as usize).attrs;
-    let fs_path = map.to_fs(&cand.path);
     let reuse = old.as_ref().filter(|_| incremental);
-    let collected = READ_BUF.with_borrow_mut(|buf| {
-        collect_with_stat(&cand.path, &fs_path, cand.stat, attrs, reuse, buf)
-    });
+    let collected = READ_BUF
+        .with_borrow_mut(|buf| collect_with_stat(root, &cand.path, cand.stat, attrs, reuse, buf));
     let (new, bytes_hashed, issue) = match collected {
         Ok(Some(Collected {
             entry,

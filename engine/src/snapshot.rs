@@ -9,8 +9,12 @@ use crate::attrs::AttrSet;
 use crate::display::display_bytes;
 use crate::entry::{FileType, collect_with_stat};
 use crate::hash::Algorithm;
+use crate::root::Root;
 use crate::rules::{Rule, Rules};
-use crate::walk::{RootMap, walk};
+use crate::walk::Walker;
+
+/// Files hashed in parallel at a time.
+const BATCH: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -31,7 +35,11 @@ pub fn snapshot(
     algorithm: Algorithm,
     threads: usize,
 ) -> Result<String, SnapshotError> {
-    let map = RootMap::new(root);
+    let root_path = root;
+    let root = Root::open(root_path).map_err(|e| SnapshotError::Read {
+        path: root_path.display().to_string(),
+        message: e.to_string(),
+    })?;
     let mut rules = Vec::new();
     for dir in dirs {
         let clean = dir.trim_matches('/');
@@ -39,10 +47,10 @@ pub fn snapshot(
             return Err(SnapshotError::BadDir(dir.clone()));
         }
         let node = format!("/{clean}");
-        if std::fs::symlink_metadata(map.to_fs(node.as_bytes())).is_err() {
+        if root.lstat(node.as_bytes()).is_err() {
             return Err(SnapshotError::Missing {
                 dir: dir.clone(),
-                root: root.display().to_string(),
+                root: root_path.display().to_string(),
             });
         }
         let pattern = format!("{}(/|$)", regex::escape(&node));
@@ -60,55 +68,72 @@ pub fn snapshot(
         .num_threads(threads.max(1))
         .build()
         .map_err(|e| SnapshotError::Read {
-            path: root.display().to_string(),
+            path: root_path.display().to_string(),
             message: e.to_string(),
         })?;
-    pool.install(|| snapshot_in_pool(&map, &Rules::new(rules), algorithm))
+    pool.install(|| snapshot_in_pool(&root, &Rules::new(rules), algorithm))
 }
 
 fn snapshot_in_pool(
-    map: &RootMap,
+    root: &Root,
     rules: &Rules,
     algorithm: Algorithm,
 ) -> Result<String, SnapshotError> {
-    let (files, issues) = walk(rules, map, None);
+    let mut walker = Walker::new(rules, root, None);
+    let mut out = String::new();
+    // A directory the walk could not read wins over a file that could not be hashed, as both
+    // are known only at the end of the walk.
+    let mut first_error = None;
+    loop {
+        let files = walker.next_batch(BATCH);
+        if files.is_empty() {
+            break;
+        }
+        let lines: Vec<Result<Option<String>, SnapshotError>> = files
+            .par_iter()
+            .map_init(Vec::new, |buf, f| {
+                let read_err = |message: String| SnapshotError::Read {
+                    path: display_bytes(&f.path),
+                    message,
+                };
+                let Some(c) =
+                    collect_with_stat(root, &f.path, f.stat, AttrSet::hash(algorithm), None, buf)
+                        .map_err(|e| read_err(e.to_string()))?
+                else {
+                    return Ok(None);
+                };
+                if let Some(err) = c.entry.error {
+                    return Err(read_err(err));
+                }
+                let hash = c.entry.hash(algorithm).map(hex::encode).unwrap_or_default();
+                Ok(Some(format!("{hash}  {}", display_bytes(&f.path[1..]))))
+            })
+            .collect();
+        for line in lines {
+            match line {
+                Ok(Some(line)) => {
+                    let _ = writeln!(out, "{line}");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if first_error.is_some() {
+            walker.by_ref().for_each(drop);
+            break;
+        }
+    }
+    let issues = walker.into_issues();
     if let Some(issue) = issues.first() {
         return Err(SnapshotError::Read {
             path: display_bytes(&issue.path),
             message: issue.message.clone(),
         });
     }
-    let lines: Vec<Result<Option<String>, SnapshotError>> = files
-        .par_iter()
-        .map_init(Vec::new, |buf, f| {
-            let read_err = |message: String| SnapshotError::Read {
-                path: display_bytes(&f.path),
-                message,
-            };
-            let Some(c) = collect_with_stat(
-                &f.path,
-                &map.to_fs(&f.path),
-                f.stat,
-                AttrSet::hash(algorithm),
-                None,
-                buf,
-            )
-            .map_err(|e| read_err(e.to_string()))?
-            else {
-                return Ok(None);
-            };
-            if let Some(err) = c.entry.error {
-                return Err(read_err(err));
-            }
-            let hash = c.entry.hash(algorithm).map(hex::encode).unwrap_or_default();
-            Ok(Some(format!("{hash}  {}", display_bytes(&f.path[1..]))))
-        })
-        .collect();
-    let mut out = String::new();
-    for line in lines {
-        if let Some(line) = line? {
-            let _ = writeln!(out, "{line}");
-        }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
     }
-    Ok(out)
 }

@@ -1,19 +1,27 @@
-//! Parallel directory walk that applies the selection rules as it goes (excluded subtrees are never
-//! entered) and stats every entry relative to its open directory.
+//! The directory walk: applies the selection rules as it goes (excluded subtrees are never
+//! entered) and yields the selected entries one by one in the database's order, so a scan merges
+//! them against the sorted baseline batch by batch and memory does not grow with the tree.
 //!
-//! ripgrep's `ignore` walker was the first choice, but it stats nothing and hands out absolute paths,
-//! so every entry paid a second full path lookup in `lstat`: a third of an incremental check. Here a
-//! directory is opened once and its children are `fstatat`-ed relative to it, on a rayon pool.
+//! Every directory is opened relative to its parent's descriptor with `O_NOFOLLOW`, starting from
+//! the [`Root`]'s descriptor, and its children are `fstatat`-ed relative to it: a directory swapped
+//! for a symlink is never entered, and no path is ever resolved through the host's view of the
+//! tree.
+//!
+//! The order is the byte order of full paths. That is not a depth-first walk with each directory
+//! sorted by name: `/a-x` and `/a.x` sort between `/a` and `/a/b` because `-` and `.` sort before
+//! `/`. So each directory's pending work is one sorted list mixing its children (key `name`) and
+//! the subtrees of its subdirectories (key `name/`), and a subtree is listed only when its turn
+//! comes. Memory is the open directories on the current path, each with its pending children.
 
+use std::cmp::Ordering;
 use std::ffi::CStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Dir, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::entry::{FileType, Stat};
+use crate::root::Root;
 use crate::rules::Rules;
 use crate::scope::{Relation, Scope};
 
@@ -34,81 +42,107 @@ pub struct Issue {
     pub message: String,
 }
 
-/// Maps node paths (`/etc/passwd`) onto the host root the agent sees (`/host/etc/passwd`).
-#[derive(Clone, Debug)]
-pub struct RootMap {
-    /// The root without a trailing slash; empty for `/`.
-    prefix: Vec<u8>,
+/// Pending work in one directory.
+enum Item {
+    /// A selected child, yielded as it is.
+    Entry(Candidate),
+    /// A subdirectory to list when its turn comes (its full node path).
+    Subtree(Box<[u8]>),
 }
 
-impl RootMap {
-    pub fn new(root: &Path) -> RootMap {
-        let bytes = root.as_os_str().as_bytes();
-        RootMap {
-            prefix: bytes.strip_suffix(b"/").unwrap_or(bytes).to_vec(),
+impl Item {
+    /// The sort key inside the parent: the child's name, with `/` after it for a subtree.
+    fn key(&self) -> (&[u8], bool) {
+        match self {
+            Item::Entry(c) => (last_name(&c.path), false),
+            Item::Subtree(p) => (last_name(p), true),
         }
-    }
-
-    pub fn root(&self) -> PathBuf {
-        self.to_fs(b"/")
-    }
-
-    pub fn to_fs(&self, node_path: &[u8]) -> PathBuf {
-        let mut bytes = self.prefix.clone();
-        // The root itself is the prefix, except for `/` where the prefix is empty.
-        if node_path != b"/" || bytes.is_empty() {
-            bytes.extend_from_slice(node_path);
-        }
-        PathBuf::from(std::ffi::OsStr::from_bytes(&bytes))
     }
 }
 
-struct Walk<'a> {
+fn last_name(path: &[u8]) -> &[u8] {
+    let cut = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+    &path[cut..]
+}
+
+/// `name` vs `other`, each followed by `/` when it stands for a subtree.
+fn cmp_keys(a: (&[u8], bool), b: (&[u8], bool)) -> Ordering {
+    let slash: &[u8] = b"/";
+    let ai = a.0.iter().chain(if a.1 { slash } else { &[] });
+    let bi = b.0.iter().chain(if b.1 { slash } else { &[] });
+    ai.cmp(bi)
+}
+
+/// One open directory on the current path.
+struct Frame {
+    dir: OwnedFd,
+    /// Sorted so that the next item is last.
+    pending: Vec<Item>,
+}
+
+/// Yields the selected entries below a [`Root`] in byte order of their node paths. With a
+/// `scope`, only the scoped paths are yielded (and only the directories leading to them listed).
+pub struct Walker<'a> {
     rules: &'a Rules,
-    map: &'a RootMap,
     scope: Option<&'a Scope>,
-    found: Mutex<Vec<Candidate>>,
-    issues: Mutex<Vec<Issue>>,
+    stack: Vec<Frame>,
+    /// The root entry, before anything is listed.
+    first: Option<Candidate>,
+    issues: Vec<Issue>,
 }
 
-/// Walks the tree under `map.root()` on the current rayon pool, returning the selected entries
-/// sorted by path. With a `scope`, only the scoped paths are returned (and only the directories
-/// leading to them are listed).
-pub fn walk(rules: &Rules, map: &RootMap, scope: Option<&Scope>) -> (Vec<Candidate>, Vec<Issue>) {
-    let w = Walk {
-        rules,
-        map,
-        scope,
-        found: Mutex::new(Vec::new()),
-        issues: Mutex::new(Vec::new()),
-    };
-    match rustix::fs::lstat(map.root()) {
-        Ok(st) => {
-            let stat = Stat::from_rustix(&st);
-            let ftype = stat.file_type();
-            let (collect, descend) = w.relation(b"/");
-            if let Some(rule) = rules.select(b"/", ftype).filter(|_| collect) {
-                w.found.lock().expect("walk lock").push(Candidate {
-                    path: b"/".as_slice().into(),
-                    rule: rule as u32,
-                    ftype,
-                    stat,
-                });
+impl<'a> Walker<'a> {
+    pub fn new(rules: &'a Rules, root: &'a Root, scope: Option<&'a Scope>) -> Walker<'a> {
+        let mut w = Walker {
+            rules,
+            scope,
+            stack: Vec::new(),
+            first: None,
+            issues: Vec::new(),
+        };
+        match rustix::fs::fstat(root.fd()) {
+            Ok(st) => {
+                let stat = Stat::from_rustix(&st);
+                let ftype = stat.file_type();
+                let (collect, descend) = w.relation(b"/");
+                if let Some(rule) = rules.select(b"/", ftype).filter(|_| collect) {
+                    w.first = Some(Candidate {
+                        path: b"/".as_slice().into(),
+                        rule: rule as u32,
+                        ftype,
+                        stat,
+                    });
+                }
+                if descend && ftype == FileType::Directory && rules.may_descend(b"/") {
+                    match root.open_dir() {
+                        Ok(fd) => w.list(fd, b"/"),
+                        Err(e) => w.issue(b"/", Errno::from_io_error(&e).unwrap_or(Errno::IO)),
+                    }
+                }
             }
-            if descend && ftype == FileType::Directory && rules.may_descend(b"/") {
-                rayon::scope(|s| w.visit_dir(s, b"/".to_vec()));
+            Err(e) => w.issue(b"/", e),
+        }
+        w
+    }
+
+    /// Up to `max` further entries (fewer only at the end).
+    pub fn next_batch(&mut self, max: usize) -> Vec<Candidate> {
+        let mut out = Vec::with_capacity(max.min(4096));
+        while out.len() < max {
+            match self.next() {
+                Some(c) => out.push(c),
+                None => break,
             }
         }
-        Err(e) => w.issue(b"/", e),
+        out
     }
-    let mut found = w.found.into_inner().expect("walk lock");
-    found.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    let mut issues = w.issues.into_inner().expect("walk lock");
-    issues.sort_by(|a, b| a.path.cmp(&b.path));
-    (found, issues)
-}
 
-impl<'a> Walk<'a> {
+    /// The directories that could not be read, by path.
+    pub fn into_issues(mut self) -> Vec<Issue> {
+        self.issues.sort_by(|a, b| a.path.cmp(&b.path));
+        self.issues
+    }
+
     /// Whether to collect `path`, and whether to descend into it (if it is a directory).
     fn relation(&self, path: &[u8]) -> (bool, bool) {
         match self
@@ -121,37 +155,46 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn issue(&self, path: &[u8], e: Errno) {
+    fn issue(&mut self, path: &[u8], e: Errno) {
         let message = std::io::Error::from(e).to_string();
-        self.issues.lock().expect("walk lock").push(Issue {
+        self.issues.push(Issue {
             path: path.into(),
             message,
         });
     }
 
-    fn visit_dir<'s>(&'s self, scope: &rayon::Scope<'s>, node: Vec<u8>) {
+    /// Opens the subdirectory `path` relative to the directory on top of the stack and lists it.
+    fn enter(&mut self, path: Box<[u8]>) {
+        let parent = &self.stack.last().expect("a subtree has a parent").dir;
+        let Ok(name) = std::ffi::CString::new(last_name(&path)) else {
+            return;
+        };
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::open(self.map.to_fs(&node), flags, Mode::empty()) {
-            Ok(fd) => fd,
-            // Gone or replaced by something else since its parent was listed: nothing to walk.
-            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return,
-            Err(e) => return self.issue(&node, e),
-        };
-        let mut dir = match Dir::new(fd) {
+        match rustix::fs::openat(parent, name.as_c_str(), flags, Mode::empty()) {
+            Ok(fd) => self.list(fd, &path),
+            // Gone or replaced by something else (a symlink) since its parent was listed.
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {}
+            Err(e) => self.issue(&path, e),
+        }
+    }
+
+    /// Reads the directory `fd` (node path `node`) and pushes its sorted pending work.
+    fn list(&mut self, fd: OwnedFd, node: &[u8]) {
+        let mut dir = match Dir::read_from(&fd) {
             Ok(d) => d,
-            Err(e) => return self.issue(&node, e),
+            Err(e) => return self.issue(node, e),
         };
-        let mut local = Vec::new();
-        let mut child = node.clone();
+        let mut pending = Vec::new();
+        let mut child = node.to_vec();
         if child != b"/" {
             child.push(b'/');
         }
         let base_len = child.len();
-        while let Some(item) = dir.next() {
+        for item in dir.by_ref() {
             let item = match item {
                 Ok(i) => i,
                 Err(e) => {
-                    self.issue(&node, e);
+                    self.issue(node, e);
                     break;
                 }
             };
@@ -165,10 +208,7 @@ impl<'a> Walk<'a> {
             if !collect && !descend {
                 continue;
             }
-            let stat = match dir
-                .fd()
-                .and_then(|fd| rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW))
-            {
+            let stat = match rustix::fs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => Stat::from_rustix(&st),
                 Err(Errno::NOENT) => continue, // vanished while listing
                 Err(e) => {
@@ -181,20 +221,84 @@ impl<'a> Walk<'a> {
                 continue;
             }
             if let Some(rule) = self.rules.selecting_rule(&child, ftype).filter(|_| collect) {
-                local.push(Candidate {
+                pending.push(Item::Entry(Candidate {
                     path: child.as_slice().into(),
                     rule: rule as u32,
                     ftype,
                     stat,
-                });
+                }));
             }
             if descend && ftype == FileType::Directory && self.rules.may_descend(&child) {
-                let sub = child.clone();
-                scope.spawn(move |s| self.visit_dir(s, sub));
+                pending.push(Item::Subtree(child.as_slice().into()));
             }
         }
-        if !local.is_empty() {
-            self.found.lock().expect("walk lock").append(&mut local);
+        drop(dir);
+        if pending.is_empty() {
+            return;
         }
+        // Descending, so the smallest is popped first.
+        pending.sort_unstable_by(|a, b| cmp_keys(b.key(), a.key()));
+        self.stack.push(Frame { dir: fd, pending });
+    }
+}
+
+impl Iterator for Walker<'_> {
+    type Item = Candidate;
+
+    fn next(&mut self) -> Option<Candidate> {
+        if let Some(c) = self.first.take() {
+            return Some(c);
+        }
+        loop {
+            let top = self.stack.last_mut()?;
+            match top.pending.pop() {
+                None => {
+                    self.stack.pop();
+                }
+                Some(Item::Entry(c)) => return Some(c),
+                Some(Item::Subtree(path)) => {
+                    self.enter(path);
+                }
+            }
+        }
+    }
+}
+
+/// Every selected entry below `root`, sorted by path, and the walk's issues (small trees: tests,
+/// snapshots).
+pub fn walk(rules: &Rules, root: &Root, scope: Option<&Scope>) -> (Vec<Candidate>, Vec<Issue>) {
+    let mut w = Walker::new(rules, root, scope);
+    let found: Vec<Candidate> = w.by_ref().collect();
+    (found, w.into_issues())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtrees_sort_after_names_with_lower_bytes() {
+        let mut keys = vec![
+            (b"a".as_slice(), true),
+            (b"a".as_slice(), false),
+            (b"a-x".as_slice(), false),
+            (b"a.x".as_slice(), true),
+            (b"a.x".as_slice(), false),
+            (b"a0".as_slice(), false),
+            (b"b".as_slice(), false),
+        ];
+        keys.sort_by(|a, b| cmp_keys(*a, *b));
+        assert_eq!(
+            keys,
+            vec![
+                (b"a".as_slice(), false),
+                (b"a-x".as_slice(), false),
+                (b"a.x".as_slice(), false),
+                (b"a.x".as_slice(), true),
+                (b"a".as_slice(), true),
+                (b"a0".as_slice(), false),
+                (b"b".as_slice(), false),
+            ]
+        );
     }
 }

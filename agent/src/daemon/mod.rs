@@ -437,8 +437,15 @@ fn run_realtime(
     jobs: crossbeam_channel::Sender<Job>,
     metrics: Arc<Metrics>,
 ) {
-    let map = fim_engine::walk::RootMap::new(&args.root);
-    let root = args.root.clone();
+    // Host paths of the watched trees, and the way back from what the watcher reports. Never
+    // opened: the scans resolve node paths through their own `Root`.
+    let root = match fim_engine::root::Root::open(&args.root) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(root = %args.root.display(), "realtime detection off, periodic checks only: {e}");
+            return;
+        }
+    };
     let prefer = args.realtime_backend.map(|b| match b {
         RealtimeBackend::Fanotify => Backend::Fanotify,
         RealtimeBackend::Inotify => Backend::Inotify,
@@ -467,7 +474,7 @@ fn run_realtime(
                 }
                 if let Some(new) = latest.filter(|r| *r != watched || watcher.is_none()) {
                     drop(watcher.take());
-                    let dirs: Vec<PathBuf> = new.iter().map(|r| map.to_fs(r)).collect();
+                    let dirs: Vec<PathBuf> = new.iter().map(|r| root.host_path(r)).collect();
                     match Watcher::start(&dirs, prefer) {
                         Ok(w) => {
                             tracing::info!(backend = %w.backend(), ?dirs, "realtime detection on");
@@ -498,7 +505,7 @@ fn run_realtime(
                         paths: batch
                             .paths
                             .iter()
-                            .filter_map(|p| node_path(&root, p))
+                            .filter_map(|p| root.node_path(p))
                             .collect(),
                     }
                 };
@@ -510,44 +517,11 @@ fn run_realtime(
         .expect("spawn the realtime thread");
 }
 
-/// The node path of a filesystem path under `root`.
-fn node_path(root: &std::path::Path, fs_path: &std::path::Path) -> Option<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    let rest = fs_path.strip_prefix(root).ok()?;
-    let mut path = b"/".to_vec();
-    path.extend_from_slice(rest.as_os_str().as_bytes());
-    Some(path)
-}
-
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    #[test]
-    fn filesystem_paths_map_back_to_node_paths() {
-        let root = Path::new("/tmp/node-a");
-        assert_eq!(
-            node_path(root, Path::new("/tmp/node-a/etc/hosts")),
-            Some(b"/etc/hosts".to_vec())
-        );
-        assert_eq!(
-            node_path(root, Path::new("/tmp/node-a")),
-            Some(b"/".to_vec())
-        );
-        assert_eq!(node_path(root, Path::new("/tmp/node-b/etc")), None);
-        assert_eq!(
-            node_path(Path::new("/"), Path::new("/etc/x")),
-            Some(b"/etc/x".to_vec())
-        );
     }
 }

@@ -189,9 +189,10 @@ mod tests {
     fn findings_with_one_change() -> Findings {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), "x").unwrap();
-        let entry = fim_engine::entry::collect(
-            b"/etc/f\nx",
-            &dir.path().join("f"),
+        let root = fim_engine::root::Root::open(dir.path()).unwrap();
+        let mut entry = fim_engine::entry::collect(
+            &root,
+            b"/f",
             fim_engine::attrs::AttrSet::default(),
             None,
             &mut Vec::new(),
@@ -199,6 +200,7 @@ mod tests {
         .unwrap()
         .unwrap()
         .entry;
+        entry.path = b"/etc/f\nx".as_slice().into();
         Findings::from_outcome(&Outcome {
             added: vec![entry],
             ..Outcome::default()
