@@ -211,8 +211,9 @@ pub fn scan(
     Ok(outcome)
 }
 
-/// Collects each batch the walk sends on all threads and merges it, in order, with the baseline;
-/// while one batch is collected, the baseline entries of the next are read.
+/// Collects each batch the walk sends on all threads and merges it, in order, with the baseline.
+/// While one batch is collected, the previous one is merged and the baseline entries of the next
+/// are read, so the serial merge never leaves the hashing threads idle.
 fn merge_batches(
     config: &Config,
     opts: &ScanOptions,
@@ -226,9 +227,13 @@ fn merge_batches(
         Some(b) => merger.take_olds(b)?,
         None => Vec::new(),
     };
+    // Collected, not merged yet. Merge order equals the walk's order: batch i is merged after the
+    // baseline entries of batch i + 1 were taken, exactly as when merging right after collecting.
+    let mut collected: Vec<Processed> = Vec::new();
     while let Some(batch) = current.take() {
         let this_olds = std::mem::take(&mut olds);
-        // Moved into the reading closure: a receiver is not shared between threads, only handed over.
+        let previous = std::mem::take(&mut collected);
+        // Moved into the merging closure: a receiver is not shared between threads, only handed over.
         let (rx, m) = (&mut *batches, &mut *merger);
         let (processed, next) = pool.install(|| {
             rayon::join(
@@ -240,6 +245,9 @@ fn merge_batches(
                         .collect::<Vec<_>>()
                 },
                 move || -> Result<_, DbError> {
+                    for p in previous {
+                        m.record(p)?;
+                    }
                     let next = rx.recv().ok();
                     let olds = match &next {
                         Some(b) => m.take_olds(b)?,
@@ -250,12 +258,13 @@ fn merge_batches(
             )
         });
         (current, olds) = next?;
-        for p in processed {
-            merger.record(p)?;
-        }
+        collected = processed;
         if let Some(p) = &opts.progress {
             p.advance(batch.len() as u64);
         }
+    }
+    for p in collected {
+        merger.record(p)?;
     }
     Ok(())
 }
