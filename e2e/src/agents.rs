@@ -107,7 +107,9 @@ impl AgentProcess {
         Ok(agent)
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    /// The agent's command line (what `spawn` runs), e.g. to start a second agent on the same
+    /// baseline directory.
+    pub fn command(&self) -> Command {
         let s = &self.spec;
         let mut args: Vec<String> = vec![
             "daemon".into(),
@@ -138,15 +140,27 @@ impl AgentProcess {
         if let Some(backend) = &s.realtime_backend {
             args.extend(["--realtime-backend".into(), backend.clone()]);
         }
+        let mut command = Command::new(agent_binary());
+        command
+            .args(&args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,fim_agent=debug")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(agent_binary())
-            .args(&args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,fim_agent=debug")
-            .stdin(Stdio::null())
+        let child = self
+            .command()
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

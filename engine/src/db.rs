@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::entry::Entry;
 
 const MAGIC: &[u8; 8] = b"KFIMDB\0\n";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: `Stat` records `st_dev` (the incremental check compares it).
+pub const FORMAT_VERSION: u32 = 2;
 const END_MARKER: u32 = u32::MAX;
 const TRAILER_LEN: u64 = 4 + 8 + 32;
 /// No single record is larger than this; a bigger length means corruption, not a huge file.
@@ -523,7 +524,10 @@ mod tests {
         }
         match result {
             Err(DbError::Corrupt { reason, .. }) => {
-                assert!(reason.contains("changed while it was being read"), "{reason}")
+                assert!(
+                    reason.contains("changed while it was being read"),
+                    "{reason}"
+                )
             }
             other => panic!("edited database read without error: {other:?}"),
         }
