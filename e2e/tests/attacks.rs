@@ -190,7 +190,18 @@ impl Ext4 {
     }
 
     fn unmount(&self) {
-        run("umount", &[&self.mount_point.display().to_string()]);
+        // A scan running at that moment holds the directory open for a few milliseconds.
+        for _ in 0..50 {
+            let done = Command::new("umount")
+                .arg(&self.mount_point)
+                .status()
+                .is_ok_and(|s| s.success());
+            if done {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("cannot unmount {}", self.mount_point.display());
     }
 
     /// Overwrites the start of `file`'s first block through the block device while the

@@ -33,6 +33,9 @@ pub struct Findings {
 /// (added, changed, removed).
 pub type Counts = (usize, usize, usize);
 
+/// Paths with what happened to them, and the counts of findings not listed.
+pub type Fingerprint = (Vec<(Box<[u8]>, String)>, Unlisted);
+
 impl Findings {
     /// Findings of a whole-tree scan.
     pub fn from_outcome(outcome: &Outcome) -> Findings {
@@ -143,7 +146,7 @@ impl Findings {
     }
 
     /// What identifies a result: paths, kinds and change summaries.
-    pub fn fingerprint(&self) -> (Vec<(Box<[u8]>, String)>, Unlisted) {
+    pub fn fingerprint(&self) -> Fingerprint {
         let listed = self
             .by_path
             .iter()
