@@ -9,6 +9,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -54,7 +55,13 @@ struct Setup {
 }
 
 impl Setup {
-    async fn new(prefix: &str, realtime: bool, make_tree: impl FnOnce(&Path)) -> Setup {
+    /// `full_scan_every`: the FileIntegrity's `fullScanEvery` (none: every check is full).
+    async fn new(
+        prefix: &str,
+        realtime: bool,
+        full_scan_every: Option<u64>,
+        make_tree: impl FnOnce(&Path),
+    ) -> Setup {
         let client = client().await.unwrap();
         let (ns, kwok, label) = namespace_with_nodes(&client, prefix, 1, &[]).await;
         let node = kwok.names[0].clone();
@@ -64,20 +71,20 @@ impl Setup {
             .unwrap();
         let operator = Operator::start(&ns.name);
         let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &ns.name);
-        // No fullScanEvery: the default must be a full check every gracePeriod.
-        let fi = file_integrity(
-            "nodes",
-            json!({
-                "nodeSelector": {label: "yes"},
-                "config": {"name": "rules", "namespace": ns.name, "key": "aide.conf",
-                           "gracePeriod": GRACE},
-                "realtime": realtime,
-            }),
-        );
+        let mut spec = json!({
+            "nodeSelector": {label: "yes"},
+            "config": {"name": "rules", "namespace": ns.name, "key": "aide.conf",
+                       "gracePeriod": GRACE},
+            "realtime": realtime,
+        });
+        if let Some(every) = full_scan_every {
+            spec["fullScanEvery"] = json!(every);
+        }
+        let fi = file_integrity("nodes", spec);
         fis.create(&PostParams::default(), &fi).await.unwrap();
         let pods = agent_pods(&client, &ns.name, "nodes", std::slice::from_ref(&node)).await;
         let dir = tempfile::tempdir().unwrap();
-        let spec = AgentSpec {
+        let agent = AgentSpec {
             file_integrity: "nodes".into(),
             namespace: ns.name.clone(),
             node: node.clone(),
@@ -86,9 +93,21 @@ impl Setup {
             realtime,
             realtime_backend: None,
         };
-        let agent = AgentProcess::start(&client, spec, &pods[&node], dir.path(), None, make_tree)
-            .await
-            .unwrap();
+        // The agent gets what the operator's DaemonSet would pass for that spec.
+        let extra: Vec<String> = full_scan_every
+            .map(|every| vec!["--full-scan-every".to_owned(), every.to_string()])
+            .unwrap_or_default();
+        let agent = AgentProcess::start_with_args(
+            &client,
+            agent,
+            &pods[&node],
+            dir.path(),
+            None,
+            extra,
+            make_tree,
+        )
+        .await
+        .unwrap();
         let setup = Setup {
             client,
             ns,
@@ -230,14 +249,16 @@ impl Drop for Ext4 {
     }
 }
 
-/// Item 3: root on the node changes a file's content while keeping its size, mtime, ctime,
-/// inode and device (edited on the block device under an unmounted ext4). The incremental
-/// comparison cannot see it; without `fullScanEvery` every periodic check rehashes, so the next
-/// check (within one gracePeriod) reports it.
-#[tokio::test]
-async fn content_changed_under_an_unchanged_inode_is_found_within_one_grace_period() {
-    let fs_slot: std::sync::Arc<std::sync::Mutex<Option<Ext4>>> = Default::default();
-    let s = Setup::new("attack-ext4", false, {
+/// A node whose /etc is an ext4 filesystem of its own, with /etc/passwd; then root on the node
+/// rewrites that file's content on the block device under the unmounted filesystem, keeping its
+/// size, mtime, ctime, inode and device. Returns the setup (baseline made before the edit) and
+/// when the edit was done.
+async fn ext4_edited_underneath(
+    prefix: &str,
+    full_scan_every: Option<u64>,
+) -> (Setup, Arc<Mutex<Option<Ext4>>>, Instant) {
+    let fs_slot: Arc<Mutex<Option<Ext4>>> = Default::default();
+    let s = Setup::new(prefix, false, full_scan_every, {
         let slot = fs_slot.clone();
         move |root: &Path| {
             let ext4 = Ext4::create(&root.join("etc"));
@@ -248,11 +269,13 @@ async fn content_changed_under_an_unchanged_inode_is_found_within_one_grace_peri
     .await;
     let passwd = s.agent.root.join("etc/passwd");
     let before = fs::metadata(&passwd).unwrap();
-    let guard = fs_slot.lock().unwrap();
-    let ext4 = guard.as_ref().unwrap();
-    ext4.overwrite_first_block("passwd", b"evil:x:0:0:root:/root:/bin/bash\n");
+    fs_slot
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .overwrite_first_block("passwd", b"evil:x:0:0:root:/root:/bin/bash\n");
     let edited = Instant::now();
-    drop(guard);
     let after = fs::metadata(&passwd).unwrap();
     assert_eq!(
         fs::read_to_string(&passwd).unwrap(),
@@ -270,10 +293,17 @@ async fn content_changed_under_an_unchanged_inode_is_found_within_one_grace_peri
         )
     };
     assert_eq!(stat(&before), stat(&after), "only the content changed");
+    (s, fs_slot, edited)
+}
 
+/// Item 3: without `fullScanEvery` every periodic check rehashes, so the content change that
+/// the incremental comparison cannot see is reported by the next check, within one gracePeriod.
+#[tokio::test]
+async fn content_changed_under_an_unchanged_inode_is_found_within_one_grace_period() {
+    let (s, fs_slot, edited) = ext4_edited_underneath("attack-ext4", None).await;
     let st = s
         .wait_for_status("Failed: /etc/passwd changed", |st| {
-            last(st).is_some_and(|(c, _, changed, _)| c == ScanCondition::Failed && changed == 1)
+            last(st) == Some((ScanCondition::Failed, 0, 1, 0))
         })
         .await;
     let took = edited.elapsed();
@@ -285,7 +315,25 @@ async fn content_changed_under_an_unchanged_inode_is_found_within_one_grace_peri
     );
     let report = s.failure_report().await;
     assert!(report.contains("/etc/passwd"), "{report}");
-    drop(s);
+    drop(fs_slot);
+}
+
+/// The same edit is the undefended case of the threat model when `fullScanEvery` is set: the
+/// incremental checks in between trust size, times, inode and device and see nothing (this was
+/// every check before item 3). Proves the attack above is real, not an artefact of the test.
+#[tokio::test]
+async fn with_full_scan_every_the_same_edit_waits_for_the_next_full_rehash() {
+    let (s, fs_slot, _) = ext4_edited_underneath("attack-ext4-incr", Some(3600)).await;
+    let probe =
+        |st: &FileIntegrityNodeStatus| st.spec.last_result.as_ref().map(|r| r.last_probe_time.0);
+    let statuses: Api<FileIntegrityNodeStatus> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let name = FileIntegrityNodeStatus::name_for("nodes", &s.node);
+    let first = probe(&statuses.get(&name).await.unwrap());
+    // Two incremental checks later: still Succeeded, though checked again.
+    tokio::time::sleep(Duration::from_secs(2 * GRACE + 3)).await;
+    let st = statuses.get(&name).await.unwrap();
+    assert_eq!(last(&st), Some((ScanCondition::Succeeded, 0, 0, 0)));
+    assert!(probe(&st) > first, "the agent kept checking");
     drop(fs_slot);
 }
 
@@ -296,7 +344,7 @@ async fn content_changed_under_an_unchanged_inode_is_found_within_one_grace_peri
 #[tokio::test]
 async fn a_flood_of_new_files_hides_no_change_and_memory_stays_bounded() {
     const FLOOD: usize = 50_000;
-    let s = Setup::new("attack-flood", true, |root: &Path| {
+    let s = Setup::new("attack-flood", true, None, |root: &Path| {
         fs::create_dir_all(root.join("etc/app")).unwrap();
         fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
         fs::write(root.join("etc/app/secret"), "s3cr3t\n").unwrap();
@@ -363,7 +411,7 @@ async fn a_flood_of_new_files_hides_no_change_and_memory_stays_bounded() {
 /// error; the first keeps working.
 #[tokio::test]
 async fn a_second_agent_on_the_same_baseline_directory_exits() {
-    let s = Setup::new("attack-lock", false, |root: &Path| {
+    let s = Setup::new("attack-lock", false, None, |root: &Path| {
         fs::create_dir_all(root.join("etc")).unwrap();
         fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
     })
