@@ -35,6 +35,8 @@ pub struct AgentProcess {
     /// The baseline directory (the hostPath).
     pub db_dir: PathBuf,
     pub metrics_port: u16,
+    /// Flags appended to the command line (e.g. `--full-scan-every`).
+    pub extra_args: Vec<String>,
     kubeconfig: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -82,6 +84,19 @@ impl AgentProcess {
         server: Option<&str>,
         make_tree: impl FnOnce(&Path),
     ) -> Result<AgentProcess> {
+        Self::start_with_args(client, spec, pod, dir, server, Vec::new(), make_tree).await
+    }
+
+    /// [`AgentProcess::start`] with `extra_args` appended to the agent's command line.
+    pub async fn start_with_args(
+        client: &Client,
+        spec: AgentSpec,
+        pod: &Pod,
+        dir: &Path,
+        server: Option<&str>,
+        extra_args: Vec<String>,
+        make_tree: impl FnOnce(&Path),
+    ) -> Result<AgentProcess> {
         let base = dir.join(&spec.node);
         let root = base.join("root");
         let db_dir = base.join("baseline");
@@ -99,6 +114,7 @@ impl AgentProcess {
             root,
             db_dir,
             metrics_port: free_port()?,
+            extra_args,
             kubeconfig,
             child: None,
             log,
@@ -107,7 +123,9 @@ impl AgentProcess {
         Ok(agent)
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    /// The agent's command line (what `spawn` runs), e.g. to start a second agent on the same
+    /// baseline directory.
+    pub fn command(&self) -> Command {
         let s = &self.spec;
         let mut args: Vec<String> = vec![
             "daemon".into(),
@@ -138,15 +156,28 @@ impl AgentProcess {
         if let Some(backend) = &s.realtime_backend {
             args.extend(["--realtime-backend".into(), backend.clone()]);
         }
+        args.extend(self.extra_args.iter().cloned());
+        let mut command = Command::new(agent_binary());
+        command
+            .args(&args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,fim_agent=debug")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(agent_binary())
-            .args(&args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,fim_agent=debug")
-            .stdin(Stdio::null())
+        let child = self
+            .command()
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -52,6 +52,41 @@ const KNOWN_OPTIONS: &[&str] = &[
 
 const MAX_INCLUDE_DEPTH: usize = 16;
 
+// Bounds on hostile input (a FileIntegrity's rules are written by whoever may edit a ConfigMap,
+// and the operator parses them). Debian's aide.conf with its 200 snippets is 115 KB, 1,290 rules.
+/// Total bytes of config text read, the included files counted.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+/// Files read through `@@include` in total.
+pub const MAX_INCLUDED_FILES: usize = 4096;
+/// Longest line or `@@define` value after macro expansion.
+pub const MAX_EXPANDED_LINE: usize = 64 * 1024;
+/// Total bytes produced by macro expansion over the whole config (no exponential blow-up).
+pub const MAX_EXPANDED_TOTAL: usize = 8 * 1024 * 1024;
+/// Selection rules in one config.
+pub const MAX_RULES: usize = 20_000;
+pub use crate::rules::MAX_REGEX_BYTES;
+/// Characters of config text an error message quotes; included content is quoted shorter still
+/// (an include of a secret must not copy it into a status or a log).
+const QUOTE_TOP: usize = 80;
+const QUOTE_INCLUDED: usize = 8;
+
+/// What the parser may read besides the text it is given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// A local aide.conf (the CLI): `@@include` reads this machine's files, `@@if exists` looks
+    /// under the root.
+    #[default]
+    Local,
+    /// Rules from the cluster, on a node (the agent daemon): `@@include` is refused (it would
+    /// read the agent container's own files, its token among them); `@@if exists` looks under
+    /// the node root.
+    Node,
+    /// The operator validating a FileIntegrity's rules: its own filesystem is never touched.
+    /// `@@include` is refused; `@@if exists` is deferred to the nodes (here the condition is
+    /// taken as false, so the branch for a missing path is the one validated).
+    Operator,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{origin}: {message}")]
@@ -63,6 +98,8 @@ pub enum ConfigError {
     },
     #[error("{origin}: @@if without @@endif")]
     UnclosedIf { origin: String },
+    #[error("{what} (the limit is {limit} bytes)")]
+    TooLarge { what: String, limit: usize },
     #[error(
         "the config selects no files: it has no selection rule (a line like `/etc p+u+g+sha512`)"
     )]
@@ -108,15 +145,28 @@ impl ParseContext {
 }
 
 impl Config {
+    /// Parses a local config ([`Mode::Local`]).
     pub fn parse(text: &str, name: &str, ctx: &ParseContext) -> Result<Config, ConfigError> {
-        let mut p = Parser::new(ctx);
+        Config::parse_in(text, name, ctx, Mode::Local)
+    }
+
+    /// Parses `text` reading only what `mode` allows.
+    pub fn parse_in(
+        text: &str,
+        name: &str,
+        ctx: &ParseContext,
+        mode: Mode,
+    ) -> Result<Config, ConfigError> {
+        let mut p = Parser::new(ctx, mode);
+        p.count_input(text.len(), name)?;
         p.parse_text(text, name, None, "", 0)?;
         p.finish(text)
     }
 
     pub fn from_file(path: &Path, ctx: &ParseContext) -> Result<Config, ConfigError> {
         let text = read(path)?;
-        let mut p = Parser::new(ctx);
+        let mut p = Parser::new(ctx, Mode::Local);
+        p.count_input(text.len(), &path.display().to_string())?;
         p.parse_text(&text, &path.display().to_string(), path.parent(), "", 0)?;
         p.finish(&text)
     }
@@ -153,6 +203,12 @@ struct Frame {
 
 struct Parser<'a> {
     ctx: &'a ParseContext,
+    mode: Mode,
+    /// Config bytes read so far (the top text and included files).
+    input_bytes: usize,
+    included_files: usize,
+    /// Bytes produced by macro expansion so far.
+    expanded_bytes: usize,
     vars: HashMap<String, String>,
     groups: HashMap<String, AttrSet>,
     options: BTreeMap<String, String>,
@@ -160,16 +216,34 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    fn new(ctx: &'a ParseContext) -> Self {
+    fn new(ctx: &'a ParseContext, mode: Mode) -> Self {
         let mut vars = HashMap::new();
         vars.insert("HOSTNAME".to_string(), ctx.hostname.clone());
         Parser {
             ctx,
+            mode,
+            input_bytes: 0,
+            included_files: 0,
+            expanded_bytes: 0,
             vars,
             groups: HashMap::new(),
             options: BTreeMap::new(),
             rules: Vec::new(),
         }
+    }
+
+    fn count_input(&mut self, len: usize, name: &str) -> Result<(), ConfigError> {
+        self.input_bytes = self.input_bytes.saturating_add(len);
+        if self.input_bytes > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                what: format!(
+                    "{}: the config text, its includes counted, is too large",
+                    quote(name, QUOTE_TOP)
+                ),
+                limit: MAX_CONFIG_BYTES,
+            });
+        }
+        Ok(())
     }
 
     fn finish(self, source: &str) -> Result<Config, ConfigError> {
@@ -199,9 +273,11 @@ impl<'a> Parser<'a> {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            // Quoted config text is cut short, shorter still when it comes from an included
+            // file (which may be anything readable, a secret among them).
             let err = |message: String| ConfigError::Line {
                 origin: origin.clone(),
-                message,
+                message: redact(&message, line, depth > 0),
             };
             let active = frames.last().is_none_or(|f| f.active);
             if let Some(macro_line) = line.strip_prefix("@@").filter(|m| !m.starts_with('{')) {
@@ -216,7 +292,8 @@ impl<'a> Parser<'a> {
                                 "ifhost" => format!("hostname {rest}"),
                                 _ => format!("not hostname {rest}"),
                             };
-                            self.eval_condition(&self.substitute(&expr)).map_err(err)?
+                            let expr = self.substitute(&expr).map_err(err)?;
+                            self.eval_condition(&expr).map_err(err)?
                         } else {
                             false
                         };
@@ -248,19 +325,27 @@ impl<'a> Parser<'a> {
                         if name.is_empty() {
                             return Err(err("@@define needs a variable name".into()));
                         }
-                        let value = self.substitute(value);
+                        let value = self.substitute(value).map_err(err)?;
                         self.vars.insert(name.to_string(), value);
                     }
                     "undef" => {
                         self.vars.remove(rest.trim());
                     }
                     "include" | "x_include" => {
+                        if self.mode != Mode::Local {
+                            return Err(err(format!(
+                                "@@{word} is not allowed in a FileIntegrity's rules: the operator \
+                                 never reads its own files and an agent would read its \
+                                 container's, not the node's; put the included rules into the \
+                                 ConfigMap itself"
+                            )));
+                        }
                         if depth + 1 > MAX_INCLUDE_DEPTH {
                             return Err(err(format!(
                                 "includes nested deeper than {MAX_INCLUDE_DEPTH}"
                             )));
                         }
-                        let args = self.substitute(rest);
+                        let args = self.substitute(rest).map_err(err)?;
                         self.include(&args, word == "x_include", base_dir, rule_prefix, depth)
                             .map_err(|e| match e {
                                 IncludeError::Here(m) => err(m),
@@ -275,7 +360,7 @@ impl<'a> Parser<'a> {
             if !active {
                 continue;
             }
-            let line = self.substitute(line);
+            let line = self.substitute(line).map_err(err)?;
             self.parse_statement(&line, &origin, rule_prefix)
                 .map_err(err)?;
         }
@@ -285,26 +370,49 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    /// Replaces `@@{VAR}`; an undefined variable expands to nothing, as in AIDE.
-    fn substitute(&self, s: &str) -> String {
+    /// Replaces `@@{VAR}`; an undefined variable expands to nothing, as in AIDE. Each result is
+    /// bounded ([`MAX_EXPANDED_LINE`]) and so is their total ([`MAX_EXPANDED_TOTAL`]): a chain
+    /// of `@@define`s that each double the previous one stops at the limit, not at the memory's.
+    fn substitute(&mut self, s: &str) -> Result<String, String> {
+        if !s.contains("@@{") {
+            return Ok(s.to_string());
+        }
         let mut out = String::with_capacity(s.len());
         let mut rest = s;
+        let push = |out: &mut String, piece: &str| {
+            if out.len() + piece.len() > MAX_EXPANDED_LINE {
+                return Err(format!(
+                    "macro expansion makes a line longer than {MAX_EXPANDED_LINE} bytes"
+                ));
+            }
+            out.push_str(piece);
+            Ok(())
+        };
         while let Some(start) = rest.find("@@{") {
-            out.push_str(&rest[..start]);
+            push(&mut out, &rest[..start])?;
             match rest[start + 3..].find('}') {
                 Some(end) => {
                     let name = &rest[start + 3..start + 3 + end];
-                    out.push_str(self.vars.get(name).map(String::as_str).unwrap_or(""));
+                    push(
+                        &mut out,
+                        self.vars.get(name).map(String::as_str).unwrap_or(""),
+                    )?;
                     rest = &rest[start + 3 + end + 1..];
                 }
                 None => {
-                    out.push_str(&rest[start..]);
+                    push(&mut out, &rest[start..])?;
                     rest = "";
                 }
             }
         }
-        out.push_str(rest);
-        out
+        push(&mut out, rest)?;
+        self.expanded_bytes = self.expanded_bytes.saturating_add(out.len());
+        if self.expanded_bytes > MAX_EXPANDED_TOTAL {
+            return Err(format!(
+                "macro expansion produces more than {MAX_EXPANDED_TOTAL} bytes in total"
+            ));
+        }
+        Ok(out)
     }
 
     fn eval_condition(&self, expr: &str) -> Result<bool, String> {
@@ -313,6 +421,8 @@ impl<'a> Parser<'a> {
             "not" => Ok(!self.eval_condition(rest)?),
             "defined" => Ok(self.vars.contains_key(rest.trim())),
             "hostname" => Ok(rest.trim() == self.ctx.hostname),
+            // The operator never looks at its own filesystem: the nodes decide.
+            "exists" if self.mode == Mode::Operator => Ok(false),
             "exists" => {
                 let p = rest.trim();
                 let on_node = match &self.ctx.root {
@@ -345,12 +455,15 @@ impl<'a> Parser<'a> {
             _ => PathBuf::from(target),
         };
         let files = if parts.len() >= 2 {
-            let filter = regex::Regex::new(&parts[1]).map_err(|e| {
-                IncludeError::Here(format!(
-                    "invalid file-name regex '{}' in @@include: {e}",
-                    parts[1]
-                ))
-            })?;
+            let filter = regex::RegexBuilder::new(&parts[1])
+                .size_limit(MAX_REGEX_BYTES)
+                .build()
+                .map_err(|e| {
+                    IncludeError::Here(format!(
+                        "invalid file-name regex '{}' in @@include: {e}",
+                        parts[1]
+                    ))
+                })?;
             let mut names: Vec<PathBuf> = fs::read_dir(&path)
                 .map_err(|e| {
                     IncludeError::Here(format!(
@@ -373,6 +486,12 @@ impl<'a> Parser<'a> {
             parts.get(2).map(String::as_str).unwrap_or("")
         );
         for file in files {
+            self.included_files += 1;
+            if self.included_files > MAX_INCLUDED_FILES {
+                return Err(IncludeError::Here(format!(
+                    "more than {MAX_INCLUDED_FILES} files included"
+                )));
+            }
             let meta = fs::metadata(&file).map_err(|e| {
                 IncludeError::Here(format!("cannot read included file {}: {e}", file.display()))
             })?;
@@ -383,7 +502,18 @@ impl<'a> Parser<'a> {
                     file.display()
                 )));
             }
+            if meta.len() > (MAX_CONFIG_BYTES - self.input_bytes.min(MAX_CONFIG_BYTES)) as u64 {
+                return Err(IncludeError::Inner(ConfigError::TooLarge {
+                    what: format!(
+                        "{}: the config text, its includes counted, is too large",
+                        file.display()
+                    ),
+                    limit: MAX_CONFIG_BYTES,
+                }));
+            }
             let text = read(&file).map_err(IncludeError::Inner)?;
+            self.count_input(text.len(), &file.display().to_string())
+                .map_err(IncludeError::Inner)?;
             self.parse_text(
                 &text,
                 &file.display().to_string(),
@@ -467,6 +597,9 @@ impl<'a> Parser<'a> {
                 ));
             }
         };
+        if self.rules.len() >= MAX_RULES {
+            return Err(format!("more than {MAX_RULES} selection rules"));
+        }
         let pattern = decode_percent(&regex);
         let rule = Rule::new(kind, &pattern, attrs, types, origin.to_string())
             .map_err(|e| e.to_string())?;
@@ -534,6 +667,63 @@ fn parse_types(spec: &str) -> Result<Option<Vec<FileType>>, String> {
         }
     }
     Ok(Some(types))
+}
+
+/// An error message about config line `line` as it may be shown: quoted text cut short; for a
+/// line of an included file, nothing longer than [`QUOTE_INCLUDED`] characters of it at all.
+fn redact(message: &str, line: &str, included: bool) -> String {
+    if !included {
+        return shorten_quotes(message, QUOTE_TOP);
+    }
+    let shown = shorten_quotes(message, QUOTE_INCLUDED);
+    if reveals(&shown, line, QUOTE_INCLUDED) {
+        "this line of an included file is not valid (its content is not shown)".to_string()
+    } else {
+        shown
+    }
+}
+
+/// Whether `message` holds more than `max` consecutive characters of `line`.
+fn reveals(message: &str, line: &str, max: usize) -> bool {
+    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    chars.windows(max + 1).any(|w| {
+        let (start, _) = w[0];
+        let (last, c) = w[max];
+        message.contains(&line[start..last + c.len_utf8()])
+    })
+}
+
+/// `s` cut to at most `max` characters, marked when cut.
+fn quote(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Cuts every '…'-quoted piece of config text in `message` to `max` characters. Every message
+/// of this module quotes config text between single quotes.
+fn shorten_quotes(message: &str, max: usize) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut rest = message;
+    while let Some(open) = rest.find('\'') {
+        out.push_str(&rest[..=open]);
+        rest = &rest[open + 1..];
+        // The closing quote is the last one before the next ": " or the end (quoted text may
+        // itself hold quotes).
+        let end = rest
+            .find("': ")
+            .or_else(|| rest.rfind('\''))
+            .unwrap_or(rest.len());
+        out.push_str(&quote(&rest[..end], max));
+        rest = &rest[end..];
+        if let Some(r) = rest.strip_prefix('\'') {
+            out.push('\'');
+            rest = r;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn split_word(s: &str) -> (&str, &str) {

@@ -6,7 +6,7 @@
 //! refused instead of producing a silently wrong comparison.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::entry::Entry;
 
 const MAGIC: &[u8; 8] = b"KFIMDB\0\n";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: `Stat` records `st_dev` (the incremental check compares it).
+pub const FORMAT_VERSION: u32 = 2;
 const END_MARKER: u32 = u32::MAX;
 const TRAILER_LEN: u64 = 4 + 8 + 32;
 /// No single record is larger than this; a bigger length means corruption, not a huge file.
@@ -72,24 +73,53 @@ pub fn file_digest(path: &Path) -> Result<String, DbError> {
 }
 
 /// Streams entries out of a verified database.
+///
+/// The file is opened once: the checksum is verified and the entries are read through that same
+/// descriptor, so a database swapped by rename between verification and reading cannot be read
+/// unverified. The entries are hashed again as they are read and checked against the verified
+/// checksum at the end, so an in-place edit of the same file during the read is refused too.
 pub struct DbReader {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: HashingReader<BufReader<File>>,
     pub header: Header,
     /// Hex SHA-256 of the whole file.
     pub digest: String,
+    /// The checksum verified at open (SHA-256 of everything before it).
+    checksum: [u8; 32],
     expected_count: u64,
     read_count: u64,
     done: bool,
 }
 
+/// Hashes what is read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 impl DbReader {
     pub fn open(path: &Path) -> Result<DbReader, DbError> {
+        let file = File::open(path).map_err(|source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        DbReader::from_file(file, path)
+    }
+
+    /// Verifies and reads the database open as `file` (`path` names it in messages).
+    pub fn from_file(mut file: File, path: &Path) -> Result<DbReader, DbError> {
         let open_err = |source| DbError::Open {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(open_err)?;
         let len = file.metadata().map_err(open_err)?.len();
         if len < MAGIC.len() as u64 + TRAILER_LEN {
             return Err(DbError::corrupt(path, format!("only {len} bytes long")));
@@ -114,8 +144,12 @@ impl DbReader {
         }
         let digest = hex::encode(whole.finalize());
 
-        let file = File::open(path).map_err(open_err)?;
-        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        // Second pass through the same descriptor (never the path again).
+        file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+        let mut reader = HashingReader {
+            inner: BufReader::with_capacity(256 * 1024, file),
+            hasher: Sha256::new(),
+        };
         let mut magic = [0u8; 8];
         reader.read_exact(&mut magic).map_err(open_err)?;
         if &magic != MAGIC {
@@ -139,6 +173,7 @@ impl DbReader {
             reader,
             header,
             digest,
+            checksum: stored,
             expected_count: 0,
             read_count: 0,
             done: false,
@@ -170,6 +205,15 @@ impl DbReader {
                             "trailer says {} entries, found {}",
                             self.expected_count, self.read_count
                         ),
+                    ));
+                }
+                // What was read must be what was verified: the file may have been edited in
+                // place (same inode, same descriptor) after the first pass.
+                let read = std::mem::take(&mut self.reader.hasher).finalize();
+                if read[..] != self.checksum[..] {
+                    return Err(DbError::corrupt(
+                        &self.path,
+                        "changed while it was being read",
                     ));
                 }
                 self.done = true;
@@ -316,7 +360,12 @@ impl DbWriter {
         self.out
             .write_all(&self.count.to_le_bytes())
             .map_err(write_err)?;
-        let body = std::mem::take(&mut self.out.hasher).finalize();
+        let hasher = std::mem::take(&mut self.out.hasher);
+        // The digest of the file as written (body and checksum), computed here rather than read
+        // back from the path after the rename, where another file could already be.
+        let mut whole = hasher.clone();
+        let body = hasher.finalize();
+        whole.update(body);
         self.out.inner.write_all(&body).map_err(write_err)?;
         self.out.inner.flush().map_err(write_err)?;
         self.out.inner.get_ref().sync_all().map_err(write_err)?;
@@ -327,7 +376,7 @@ impl DbWriter {
                 .and_then(|d| d.sync_all())
                 .map_err(write_err)?;
         }
-        file_digest(&path)
+        Ok(hex::encode(whole.finalize()))
     }
 }
 
@@ -444,6 +493,67 @@ mod tests {
             0,
             "temp file left behind"
         );
+    }
+
+    #[test]
+    fn an_edit_in_place_while_reading_is_refused() {
+        // Larger than the reader's buffer, so the tail is read from the file after the edit.
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("aide.db");
+        let entries: Vec<Entry> = (0..20_000)
+            .map(|i| entry(format!("/f{i:06}").as_bytes()))
+            .collect();
+        write(&db, &entries);
+        let mut reader = DbReader::open(&db).unwrap();
+        assert!(reader.next_entry().unwrap().is_some());
+        // Same inode, same descriptor: flip one byte of the last entry's hash (still decodable).
+        let bytes = fs::read(&db).unwrap();
+        let at = bytes.len() - TRAILER_LEN as usize - 5;
+        assert_eq!(bytes[at], 7, "a hash byte of the last entry");
+        {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(&db).unwrap();
+            f.write_all_at(&[8], at as u64).unwrap();
+        }
+        let mut result = Ok(None);
+        for _ in 0..entries.len() {
+            result = reader.next_entry();
+            if result.is_err() {
+                break;
+            }
+        }
+        match result {
+            Err(DbError::Corrupt { reason, .. }) => {
+                assert!(
+                    reason.contains("changed while it was being read"),
+                    "{reason}"
+                )
+            }
+            other => panic!("edited database read without error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reading_goes_through_the_descriptor_that_was_verified() {
+        // A database renamed over the path after the open is not what the reader returns.
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("aide.db");
+        let other = dir.path().join("other.db");
+        write(&db, &[entry(b"/a")]);
+        write(&other, &[entry(b"/evil")]);
+        let file = File::open(&db).unwrap();
+        fs::rename(&other, &db).unwrap();
+        let reader = DbReader::from_file(file, &db).unwrap();
+        assert_eq!(reader.read_all().unwrap(), vec![entry(b"/a")]);
+    }
+
+    #[test]
+    fn the_written_digest_is_the_digest_of_the_bytes_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("aide.db");
+        let digest = write(&db, &[entry(b"/a"), entry(b"/b")]);
+        let bytes = fs::read(&db).unwrap();
+        assert_eq!(digest, hex::encode(Sha256::digest(&bytes)));
     }
 
     #[test]

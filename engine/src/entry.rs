@@ -90,6 +90,9 @@ pub struct Stat {
     pub mtime: Timestamp,
     pub ctime: Timestamp,
     pub atime: Timestamp,
+    /// The device the file lives on: the same inode number on another filesystem (a bind mount
+    /// or a filesystem swapped in) is another file.
+    pub dev: u64,
 }
 
 impl Stat {
@@ -114,6 +117,7 @@ impl Stat {
                 sec: m.atime(),
                 nsec: m.atime_nsec() as u32,
             },
+            dev: m.dev(),
         }
     }
 
@@ -138,6 +142,7 @@ impl Stat {
                 sec: st.st_atime,
                 nsec: st.st_atime_nsec as u32,
             },
+            dev: st.st_dev,
         }
     }
 
@@ -165,6 +170,7 @@ impl Stat {
             && self.mtime == other.mtime
             && self.ctime == other.ctime
             && self.ino == other.ino
+            && self.dev == other.dev
     }
 }
 
@@ -450,5 +456,25 @@ pub fn xattr_family(name: &[u8]) -> AttrSet {
         b"security.selinux" => AttrSet::SELINUX,
         b"security.capability" => AttrSet::CAPS,
         _ => AttrSet::XATTRS,
+    }
+}
+
+#[cfg(test)]
+mod stat_tests {
+    use super::*;
+
+    #[test]
+    fn another_device_is_another_file_for_the_incremental_check() {
+        let a = Stat {
+            size: 32,
+            ino: 12,
+            dev: 0x700,
+            ..Stat::default()
+        };
+        assert!(a.content_unchanged(&a));
+        let elsewhere = Stat { dev: 0x701, ..a };
+        assert!(!a.content_unchanged(&elsewhere));
+        let meta = std::fs::metadata("/").unwrap();
+        assert_eq!(Stat::from_metadata(&meta).dev, meta.dev());
     }
 }

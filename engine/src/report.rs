@@ -80,25 +80,27 @@ pub fn text(outcome: &Outcome, ctx: &ReportContext) -> String {
     if ctx.command != "init" {
         let _ = writeln!(r, "\nSummary:");
         let _ = writeln!(r, "  Total number of entries:\t{}", s.entries);
-        let _ = writeln!(r, "  Added entries:\t\t{}", outcome.added.len());
-        let _ = writeln!(r, "  Removed entries:\t\t{}", outcome.removed.len());
-        let _ = writeln!(r, "  Changed entries:\t\t{}", outcome.changed.len());
+        let _ = writeln!(r, "  Added entries:\t\t{}", outcome.added_total());
+        let _ = writeln!(r, "  Removed entries:\t\t{}", outcome.removed_total());
+        let _ = writeln!(r, "  Changed entries:\t\t{}", outcome.changed_total());
     }
     let section = |r: &mut String, title: &str| {
         let _ = writeln!(r, "\n{RULER}\n{title}:\n{RULER}\n");
     };
-    if !outcome.added.is_empty() {
-        section(&mut r, "Added entries");
-        for e in &outcome.added {
-            let _ = writeln!(
-                r,
-                "{}{}: {}",
-                e.ftype.letter(),
-                "+".repeat(17),
-                display_bytes(&e.path)
-            );
+    let unlisted = |r: &mut String, n: u64, what: &str| {
+        if n > 0 {
+            let _ = writeln!(r, "... and {n} more {what} entries, counted but not listed");
+        }
+    };
+    // Changed and removed entries come before added ones (unlike AIDE), so that a flood of new
+    // files cannot push a changed /etc/passwd out of a report whose head is all that is kept.
+    if !outcome.changed.is_empty() {
+        section(&mut r, "Changed entries");
+        for c in &outcome.changed {
+            let _ = writeln!(r, "{}: {}", c.summary, display_bytes(&c.path));
         }
     }
+    unlisted(&mut r, outcome.unlisted.changed, "changed");
     if !outcome.removed.is_empty() {
         section(&mut r, "Removed entries");
         for e in &outcome.removed {
@@ -111,11 +113,8 @@ pub fn text(outcome: &Outcome, ctx: &ReportContext) -> String {
             );
         }
     }
+    unlisted(&mut r, outcome.unlisted.removed, "removed");
     if !outcome.changed.is_empty() {
-        section(&mut r, "Changed entries");
-        for c in &outcome.changed {
-            let _ = writeln!(r, "{}: {}", c.summary, display_bytes(&c.path));
-        }
         section(&mut r, "Detailed information about changes");
         for c in &outcome.changed {
             let _ = writeln!(r, "{}: {}", c.ftype.name(), display_bytes(&c.path));
@@ -133,11 +132,31 @@ pub fn text(outcome: &Outcome, ctx: &ReportContext) -> String {
             r.push('\n');
         }
     }
+    if !outcome.added.is_empty() {
+        section(&mut r, "Added entries");
+        for e in &outcome.added {
+            let _ = writeln!(
+                r,
+                "{}{}: {}",
+                e.ftype.letter(),
+                "+".repeat(17),
+                display_bytes(&e.path)
+            );
+        }
+    }
+    unlisted(&mut r, outcome.unlisted.added, "added");
     if !outcome.issues.is_empty() {
         section(&mut r, "Errors (entries that could not be read completely)");
         for i in &outcome.issues {
             let _ = writeln!(r, "{}: {}", display_bytes(&i.path), i.message);
         }
+    }
+    if outcome.unlisted.issues > 0 {
+        let _ = writeln!(
+            r,
+            "... and {} more errors, counted but not listed",
+            outcome.unlisted.issues
+        );
     }
     let digests: Vec<(&str, &String)> = [
         ("baseline", &outcome.baseline_digest),
@@ -199,10 +218,11 @@ pub fn json(outcome: &Outcome, ctx: &ReportContext) -> Value {
         "written_digest": outcome.written_digest,
         "summary": {
             "total": outcome.stats.entries,
-            "added": outcome.added.len(),
-            "removed": outcome.removed.len(),
-            "changed": outcome.changed.len(),
+            "added": outcome.added_total(),
+            "removed": outcome.removed_total(),
+            "changed": outcome.changed_total(),
         },
+        "unlisted": outcome.unlisted,
         "added": outcome.added.iter().map(entry).collect::<Vec<_>>(),
         "removed": outcome.removed.iter().map(entry).collect::<Vec<_>>(),
         "changed": changed,
@@ -228,6 +248,68 @@ mod tests {
         assert_eq!(display_bytes(b"/caf\xc3\xa9"), "/caf\u{e9}");
         assert_eq!(display_bytes(b"/x\xff\xfe"), "/x\\xff\\xfe");
         assert_eq!(display_bytes(b"/bell\x07"), "/bell\\x07");
+    }
+
+    #[test]
+    fn changed_and_removed_come_before_added_with_totals() {
+        use crate::attrs::AttrSet;
+        use crate::entry::{Entry, FileType, Stat};
+        use crate::scan::{Changed, Unlisted};
+        let entry = |p: &[u8]| Entry {
+            path: p.into(),
+            ftype: FileType::Regular,
+            attrs: AttrSet::default(),
+            stat: Stat::default(),
+            link_target: None,
+            xattrs: None,
+            e2fsattrs: None,
+            hashes: Vec::new(),
+            error: None,
+        };
+        let outcome = Outcome {
+            added: (0..1000)
+                .map(|i| entry(format!("/a/new{i:04}").as_bytes()))
+                .collect(),
+            removed: vec![entry(b"/etc/shadow")],
+            changed: vec![Changed {
+                path: b"/etc/passwd".as_slice().into(),
+                ftype: FileType::Regular,
+                summary: "f   ...    . C".into(),
+                changes: Vec::new(),
+            }],
+            unlisted: Unlisted {
+                added: 99_000,
+                ..Unlisted::default()
+            },
+            ..Outcome::default()
+        };
+        let ctx = ReportContext {
+            command: "check",
+            root: "/",
+            database: "/db",
+            started: std::time::UNIX_EPOCH,
+        };
+        let text = text(&outcome, &ctx);
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle}: {text}"))
+        };
+        assert!(at("/etc/passwd") < at("/a/new0000"));
+        assert!(at("/etc/shadow") < at("/a/new0000"));
+        assert!(
+            text.contains("Added entries:\t\t100000"),
+            "{}",
+            &text[..400]
+        );
+        assert!(text.contains("... and 99000 more added entries"));
+        let head = &text[..600];
+        assert!(
+            head.contains("/etc/passwd") && head.contains("/etc/shadow"),
+            "{head}"
+        );
+        let j = json(&outcome, &ctx);
+        assert_eq!(j["summary"]["added"], 100_000);
+        assert_eq!(j["unlisted"]["added"], 99_000);
     }
 
     #[test]

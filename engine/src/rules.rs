@@ -7,6 +7,10 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::attrs::AttrSet;
 use crate::entry::FileType;
 
+/// Compiled size of one rule's regex (`regex::RegexBuilder::size_limit`): a hostile rule cannot
+/// make the operator or an agent compile a huge automaton.
+pub const MAX_REGEX_BYTES: usize = 1024 * 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleKind {
     /// `/regex attrs`: the path and everything below it that the regex matches.
@@ -58,6 +62,7 @@ impl Rule {
         };
         let matcher = regex::bytes::RegexBuilder::new(&anchored)
             .unicode(false)
+            .size_limit(MAX_REGEX_BYTES)
             .build()
             .map_err(|e| RuleError {
                 regex: pattern.to_string(),

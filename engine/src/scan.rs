@@ -42,6 +42,9 @@ pub struct ScanOptions {
     pub threads: usize,
     /// Only these paths (a realtime rescan); such a scan never writes a baseline.
     pub scope: Option<Scope>,
+    /// Longest list of added, removed, changed entries and issues an outcome keeps; the rest
+    /// are only counted (`Outcome::unlisted`), so a million new files cannot exhaust memory.
+    pub max_listed: usize,
 }
 
 impl std::fmt::Debug for ScanOptions {
@@ -66,6 +69,7 @@ impl ScanOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             scope: None,
+            max_listed: usize::MAX,
         }
     }
 }
@@ -101,18 +105,55 @@ pub struct Outcome {
     pub baseline_digest: Option<String>,
     /// Digest of the baseline written by this scan.
     pub written_digest: Option<String>,
+    /// Findings beyond `ScanOptions::max_listed`: counted, not listed.
+    pub unlisted: Unlisted,
+}
+
+/// Counts of findings that were not kept in an outcome's lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Unlisted {
+    pub added: u64,
+    pub removed: u64,
+    pub changed: u64,
+    pub issues: u64,
 }
 
 impl Outcome {
     pub fn has_differences(&self) -> bool {
-        !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
+        self.added_total() + self.removed_total() + self.changed_total() > 0
     }
 
     /// AIDE's exit status: 1 added + 2 removed + 4 changed.
     pub fn exit_bits(&self) -> i32 {
-        (!self.added.is_empty()) as i32
-            | ((!self.removed.is_empty()) as i32) << 1
-            | ((!self.changed.is_empty()) as i32) << 2
+        (self.added_total() > 0) as i32
+            | ((self.removed_total() > 0) as i32) << 1
+            | ((self.changed_total() > 0) as i32) << 2
+    }
+
+    /// Added entries, listed or not.
+    pub fn added_total(&self) -> u64 {
+        self.added.len() as u64 + self.unlisted.added
+    }
+
+    pub fn removed_total(&self) -> u64 {
+        self.removed.len() as u64 + self.unlisted.removed
+    }
+
+    pub fn changed_total(&self) -> u64 {
+        self.changed.len() as u64 + self.unlisted.changed
+    }
+
+    pub fn issues_total(&self) -> u64 {
+        self.issues.len() as u64 + self.unlisted.issues
+    }
+}
+
+/// Pushes `item` while `list` is shorter than `max`; counts it in `unlisted` otherwise.
+pub fn keep<T>(list: &mut Vec<T>, item: T, max: usize, unlisted: &mut u64) {
+    if list.len() < max {
+        list.push(item);
+    } else {
+        *unlisted += 1;
     }
 }
 
@@ -162,6 +203,14 @@ pub fn scan(
         baseline_digest: baseline.as_ref().map(|b| b.digest.clone()),
         ..Outcome::default()
     };
+    for issue in walk_issues {
+        keep(
+            &mut outcome.issues,
+            issue,
+            opts.max_listed,
+            &mut outcome.unlisted.issues,
+        );
+    }
     if let Some(p) = &opts.progress {
         p.start(None);
     }
@@ -171,6 +220,7 @@ pub fn scan(
         baseline: baseline.as_mut(),
         pending: None,
         output,
+        max_listed: opts.max_listed,
         outcome: &mut outcome,
     };
     // The walk runs on its own thread, a batch ahead of the collection.
@@ -329,6 +379,7 @@ struct Merger<'a> {
     baseline: Option<&'a mut DbReader>,
     pending: Option<Entry>,
     output: Option<DbWriter>,
+    max_listed: usize,
     outcome: &'a mut Outcome,
 }
 
@@ -380,7 +431,13 @@ impl Merger<'_> {
             .attrs
             .contains(AttrSet::ALLOW_REMOVED)
         {
-            self.outcome.removed.push(old);
+            let o = &mut *self.outcome;
+            keep(
+                &mut o.removed,
+                old,
+                self.max_listed,
+                &mut o.unlisted.removed,
+            );
         }
     }
 
@@ -398,7 +455,13 @@ impl Merger<'_> {
                 .or(old.as_ref())
                 .map(|e| e.path.clone())
                 .unwrap_or_default();
-            self.outcome.issues.push(Issue { path, message });
+            let o = &mut *self.outcome;
+            keep(
+                &mut o.issues,
+                Issue { path, message },
+                self.max_listed,
+                &mut o.unlisted.issues,
+            );
         }
         let Some(new) = new else {
             if let Some(old) = old {
@@ -414,13 +477,14 @@ impl Merger<'_> {
         if let Some(out) = self.output.as_mut() {
             out.push(&new)?;
         }
+        let o = &mut *self.outcome;
         if let Some(c) = changed {
-            self.outcome.changed.push(c);
+            keep(&mut o.changed, c, self.max_listed, &mut o.unlisted.changed);
         } else if old.is_none()
             && self.baseline.is_some()
             && !new.attrs.contains(AttrSet::ALLOW_NEW)
         {
-            self.outcome.added.push(new);
+            keep(&mut o.added, new, self.max_listed, &mut o.unlisted.added);
         }
         Ok(())
     }

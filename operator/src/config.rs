@@ -136,7 +136,7 @@ pub fn validate(text: &str, source: &ConfigSource) -> Result<(), ConfigError> {
         root: None,
         hostname: String::new(),
     };
-    Config::parse(text, file, &ctx)
+    Config::parse_in(text, file, &ctx, fim_engine::config::Mode::Operator)
         .map(|_| ())
         .map_err(|e| ConfigError::Invalid {
             origin,
@@ -220,6 +220,20 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[test]
+    fn rules_never_make_the_operator_read_its_own_files() {
+        let token = std::env::temp_dir().join(format!("fim-token-{}", std::process::id()));
+        std::fs::write(&token, "c2VjcmV0LXRva2Vu\n").unwrap();
+        let text = format!("/etc p\n@@include {}\n", token.display());
+        let err = validate(&text, &source()).unwrap_err().to_string();
+        assert!(
+            err.contains("aide.conf:2") && err.contains("not allowed"),
+            "{err}"
+        );
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+        std::fs::remove_file(token).unwrap();
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! backups/<time>.db       earlier baselines, kept at most `maxBackups` (with their .conf and
 //!                         the .report.txt of their last failure)
 //! reports/latest.txt      the full text of the latest failure report
+//! .lock                   flock(2)ed by the agent using this directory
 //! ```
+//!
+//! Every rename or removal here is followed by an fsync of the directories involved, so that a
+//! crash cannot leave a directory whose entries disagree with what the node status records.
 //!
 //! The database's digest is recorded in the node status. Whether the file on disk may be used is
 //! decided by [`assess`] from that record alone: a baseline that changed or vanished without a
@@ -16,7 +20,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use fim_engine::db::{DbReader, file_digest};
+use fim_engine::db::DbReader;
 
 /// What to do with the baseline on disk, given the digest recorded in the node status.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,18 +116,45 @@ impl Store {
         self.dir.join("backups")
     }
 
-    /// The database's digest, `None` when there is none, or why it cannot be read. Opening it
-    /// also verifies its checksum.
-    pub fn digest_on_disk(&self) -> Option<Result<String, String>> {
+    /// The database, verified, `None` when there is none, or why it cannot be read. What is
+    /// later read from it comes through the descriptor that was verified.
+    pub fn open_database(&self) -> Option<Result<DbReader, String>> {
         let db = self.database();
-        match fs::symlink_metadata(&db) {
+        match fs::File::open(&db) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => Some(Err(e.to_string())),
-            Ok(_) => Some(
-                DbReader::open(&db)
-                    .map(|r| r.digest)
-                    .map_err(|e| e.to_string()),
-            ),
+            Err(e) => Some(Err(format!("cannot open it: {e}"))),
+            Ok(file) => Some(DbReader::from_file(file, &db).map_err(|e| e.to_string())),
+        }
+    }
+
+    /// The database's digest, `None` when there is none, or why it cannot be read.
+    pub fn digest_on_disk(&self) -> Option<Result<String, String>> {
+        self.open_database().map(|r| r.map(|reader| reader.digest))
+    }
+
+    /// Takes the directory for this process: a second agent on the same baseline directory
+    /// (two DaemonSets, a pod not yet gone) would overwrite the first one's baseline. The lock
+    /// is held until the returned value is dropped (or the process ends).
+    pub fn lock(&self) -> io::Result<DirLock> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another fim-agent is using the baseline directory {} (it holds {}); \
+                     two agents must never share one baseline",
+                    self.dir.display(),
+                    path.display()
+                ),
+            )),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -135,6 +166,10 @@ impl Store {
                 fs::rename(&file, self.backups().join(format!("{stamp}.{ext}")))?;
             }
         }
+        // The renames are durable before a new baseline is written in their place.
+        sync_dir(&self.backups())?;
+        sync_dir(&self.dir)?;
+        sync_dir(&self.dir.join("reports"))?;
         self.prune(keep)
     }
 
@@ -169,6 +204,9 @@ impl Store {
                 }
             }
         }
+        if !removed.is_empty() {
+            sync_dir(&self.backups())?;
+        }
         Ok(removed)
     }
 
@@ -186,11 +224,37 @@ impl Store {
         }
         Ok(())
     }
+}
 
-    /// Digest of the database (for records), recomputed from the file.
-    pub fn file_digest(&self) -> Result<String, String> {
-        file_digest(&self.database()).map_err(|e| e.to_string())
+/// Held while this process uses a baseline directory ([`Store::lock`]).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// fsync(2) of a directory: makes the renames and removals in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    match fs::File::open(dir) {
+        Ok(d) => d.sync_all(),
+        // A directory that does not exist has nothing to make durable.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, then
+/// syncs the directory so the rename survives a crash.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
 }
 
 /// A sortable, filesystem-safe timestamp for backup names (`20261122T101502.123Z`).
@@ -293,6 +357,37 @@ mod tests {
         assert_eq!(files, 6, "2 backups of 3 files each");
         assert!(!store.database().exists(), "moved into backups/");
         assert_eq!(store.digest_on_disk(), None);
+    }
+
+    #[test]
+    fn a_second_agent_cannot_take_the_same_baseline_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path(), "fi");
+        let first = store.lock().unwrap();
+        // flock(2) locks belong to the open file: a second open conflicts even in this process,
+        // exactly as a second agent process would.
+        let err = Store::new(dir.path(), "fi").lock().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(err.to_string().contains("another fim-agent"), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&dir.path().join("fi").display().to_string())
+        );
+        // Another FileIntegrity's directory is independent.
+        let _other = Store::new(dir.path(), "other").lock().unwrap();
+        drop(first);
+        let _again = store.lock().expect("released with the first agent");
+    }
+
+    #[test]
+    fn writes_replace_atomically_and_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baseline.conf");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp left");
+        sync_dir(&dir.path().join("missing")).unwrap();
     }
 
     #[test]

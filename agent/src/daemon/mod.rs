@@ -1,8 +1,8 @@
 //! `fim-agent daemon`: the node agent the operator's DaemonSet runs.
 //!
 //! One scanning thread ([`worker`]) owns the baseline and runs one job at a time: the first
-//! baseline, periodic checks (incremental every `--grace-period`, a full rehash every
-//! `--full-scan-every`), realtime rescans of the paths the change watcher ([`crate::realtime`])
+//! baseline, periodic checks (every `--grace-period`: full, or incremental between the full
+//! rehashes of `--full-scan-every` when it is set), realtime rescans of the paths the change watcher ([`crate::realtime`])
 //! names, and re-init requests. Around it, async tasks watch the FileIntegrity (re-init requests,
 //! holdoff) and the Node (cordon), tick the timer, publish the latest result to the API server
 //! (retrying with backoff while it is unreachable, the newest result replacing older ones), and
@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use crate::realtime::{Backend, Watcher};
 use api::NodeApi;
 use metrics::Metrics;
-use worker::{Control, Job, Settings, Worker};
+use worker::{Control, Job, Queue, Settings, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,6 +53,8 @@ pub enum Error {
     },
     #[error("the node name is empty: set --node or NODE_NAME")]
     NoNode,
+    #[error("baseline directory: {0}")]
+    Baseline(#[source] std::io::Error),
 }
 
 /// `fim-agent daemon` options. The operator's DaemonSet passes them; `NODE_NAME` and
@@ -80,10 +82,11 @@ pub struct DaemonArgs {
     /// Key of the rules in that ConfigMap.
     #[arg(long, default_value = "aide.conf")]
     pub config_key: String,
-    /// Seconds between periodic (incremental) checks.
+    /// Seconds between periodic checks.
     #[arg(long, default_value_t = 900)]
     pub grace_period: u64,
-    /// Seconds between full rehashes (default: every check is incremental after the first).
+    /// Seconds between full rehashes; checks in between are incremental (default: every check
+    /// is full).
     #[arg(long)]
     pub full_scan_every: Option<u64>,
     /// Backups of old baselines to keep.
@@ -134,6 +137,9 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     if args.node.is_empty() {
         return Err(Error::NoNode);
     }
+    // Before anything else: a second agent on this baseline directory stops here.
+    let store = baseline::Store::new(&args.db_dir, &args.file_integrity);
+    let _lock = store.lock().map_err(Error::Baseline)?;
     let client = Client::try_default().await.map_err(Error::Client)?;
     let api = NodeApi {
         client: client.clone(),
@@ -181,7 +187,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         tracing::warn!("container monitoring is not implemented yet; only the node is scanned");
     }
 
-    let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
+    let jobs = Arc::new(Queue::default());
     let (publish, publications) = watch::channel(None::<Publication>);
     let (published, mut published_rx) = watch::channel(0u64);
     tokio::spawn(publisher(
@@ -191,7 +197,6 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         metrics.clone(),
     ));
 
-    let store = baseline::Store::new(&args.db_dir, &args.file_integrity);
     // A request recorded before the start is answered by the first baseline, or re-baselines.
     let initial_request = match ReinitRequest::from_file_integrity(&fi) {
         Ok(Some(r)) if r.pending_for(&args.node, acknowledged) => Some(r.id),
@@ -226,14 +231,17 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("fim-worker".into())
-        .spawn(move || {
-            worker.run(job_queue);
-            let _ = done_tx.send(());
+        .spawn({
+            let jobs = jobs.clone();
+            move || {
+                worker.run(&jobs);
+                let _ = done_tx.send(());
+            }
         })
         .expect("spawn the scanning thread");
 
     if let Some(id) = initial_request {
-        let _ = jobs.send(Job::Reinit { id });
+        jobs.send(Job::Reinit { id });
     }
     metrics.paused.set(control.paused() as i64);
     tokio::spawn(watch_file_integrity(
@@ -260,7 +268,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
 
     shutdown_signal().await;
     tracing::info!("stopping");
-    let _ = jobs.send(Job::Stop);
+    jobs.send(Job::Stop);
     let grace = Duration::from_secs(args.shutdown_grace);
     if tokio::time::timeout(grace, done_rx).await.is_err() {
         tracing::warn!("scan abandoned at shutdown; no baseline was replaced");
@@ -350,17 +358,11 @@ where
 
 /// Sets one maintenance flag (`fim_agent_paused` follows). When it clears, what changed during
 /// the maintenance is checked in full and reported, never laundered.
-fn set_pause(
-    flag: &AtomicBool,
-    on: bool,
-    control: &Control,
-    metrics: &Metrics,
-    jobs: &crossbeam_channel::Sender<Job>,
-) {
+fn set_pause(flag: &AtomicBool, on: bool, control: &Control, metrics: &Metrics, jobs: &Queue) {
     let was = flag.swap(on, Ordering::SeqCst);
     metrics.paused.set(control.paused() as i64);
     if was && !on {
-        let _ = jobs.send(Job::Check { full: true });
+        jobs.send(Job::Check { full: true });
     }
 }
 
@@ -369,7 +371,7 @@ async fn watch_file_integrity(
     client: Client,
     args: DaemonArgs,
     control: Arc<Control>,
-    jobs: crossbeam_channel::Sender<Job>,
+    jobs: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) {
     let api: Api<FileIntegrity> = Api::namespaced(client, &args.namespace);
@@ -382,7 +384,7 @@ async fn watch_file_integrity(
                 match ReinitRequest::from_file_integrity(&fi) {
                     // The worker ignores requests it already answered.
                     Ok(Some(r)) if r.pending_for(&args.node, None) => {
-                        let _ = jobs.send(Job::Reinit { id: r.id });
+                        jobs.send(Job::Reinit { id: r.id });
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!("unreadable re-init request: {e}"),
@@ -399,7 +401,7 @@ async fn watch_node(
     client: Client,
     node: String,
     control: Arc<Control>,
-    jobs: crossbeam_channel::Sender<Job>,
+    jobs: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) {
     let api: Api<Node> = Api::all(client);
@@ -416,15 +418,13 @@ async fn watch_node(
     }
 }
 
-async fn tick(every: Duration, jobs: crossbeam_channel::Sender<Job>) {
+async fn tick(every: Duration, jobs: Arc<Queue>) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await; // the worker checks at start on its own
     loop {
         interval.tick().await;
-        if jobs.send(Job::Check { full: false }).is_err() {
-            return;
-        }
+        jobs.send(Job::Check { full: false });
     }
 }
 
@@ -434,7 +434,7 @@ async fn tick(every: Duration, jobs: crossbeam_channel::Sender<Job>) {
 fn run_realtime(
     args: &DaemonArgs,
     roots: crossbeam_channel::Receiver<Vec<Vec<u8>>>,
-    jobs: crossbeam_channel::Sender<Job>,
+    jobs: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) {
     // Host paths of the watched trees, and the way back from what the watcher reports. Never
@@ -509,9 +509,7 @@ fn run_realtime(
                             .collect(),
                     }
                 };
-                if jobs.send(job).is_err() {
-                    return;
-                }
+                jobs.send(job);
             }
         })
         .expect("spawn the realtime thread");

@@ -111,8 +111,9 @@ pub fn record(
                 result.result_config_map_namespace = Some(owner.namespace.clone());
             }
             fields.record(result);
+            // Changed and removed paths first: the evidence a flood of new files must not hide.
             fields.changed_paths = findings
-                .first_paths(MAX_CHANGED_PATHS)
+                .evidence_paths(MAX_CHANGED_PATHS)
                 .into_iter()
                 .map(display_bytes)
                 .collect();

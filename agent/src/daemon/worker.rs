@@ -1,19 +1,19 @@
 //! The scanning thread: runs one job at a time (initialise, check, realtime rescan, re-init),
 //! keeps the baseline and the current findings, and hands each result to the publisher.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::Receiver;
 use k8s_openapi::jiff::Timestamp;
 use kube_fim_crds::FileIntegrityNodeStatusFields;
 use tokio::sync::watch;
 
 use super::Publication;
 use super::api::NodeApi;
-use super::baseline::{self, Assessment, Store};
+use super::baseline::{self, Assessment, Store, write_atomically};
 use super::findings::Findings;
 use super::metrics::Metrics;
 use super::status::{self, BaselineRecord, Owner, Report};
@@ -45,12 +45,14 @@ pub enum Job {
     Stop,
 }
 
-/// Jobs waiting at the same time, folded into what actually has to run.
+/// Jobs waiting at the same time, folded into what actually has to run. However many jobs
+/// arrive while a scan runs, this holds at most one re-init, one check and [`MAX_SCOPE`] rescan
+/// paths: rescans beyond that coalesce into a check (which covers every path).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pending {
     pub reinit: Option<u64>,
     pub check: Option<bool>,
-    pub rescan: Vec<Vec<u8>>,
+    pub rescan: BTreeSet<Vec<u8>>,
     pub stop: bool,
 }
 
@@ -59,9 +61,49 @@ impl Pending {
         match job {
             Job::Stop => self.stop = true,
             Job::Reinit { id } => self.reinit = Some(self.reinit.map_or(id, |r| r.max(id))),
-            Job::Check { full } => self.check = Some(self.check.unwrap_or(false) || full),
-            Job::Rescan { paths } => self.rescan.extend(paths),
+            Job::Check { full } => {
+                self.check = Some(self.check.unwrap_or(false) || full);
+                self.rescan = BTreeSet::new();
+            }
+            // A pending check covers every path.
+            Job::Rescan { .. } if self.check.is_some() => {}
+            Job::Rescan { paths } => {
+                self.rescan.extend(paths);
+                if self.rescan.len() > MAX_SCOPE {
+                    self.check = Some(false);
+                    self.rescan = BTreeSet::new();
+                }
+            }
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Pending::default()
+    }
+}
+
+/// The worker's job queue: jobs fold into one [`Pending`] as they arrive (never a list that
+/// grows while a long scan runs).
+#[derive(Debug, Default)]
+pub struct Queue {
+    pending: Mutex<Pending>,
+    ready: Condvar,
+}
+
+impl Queue {
+    pub fn send(&self, job: Job) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.add(job);
+        self.ready.notify_one();
+    }
+
+    /// Waits until there is something to do and takes all of it.
+    pub fn take(&self) -> Pending {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        while pending.is_empty() {
+            pending = self.ready.wait(pending).unwrap_or_else(|e| e.into_inner());
+        }
+        std::mem::take(&mut *pending)
     }
 }
 
@@ -154,15 +196,11 @@ impl Worker {
         }
     }
 
-    /// Runs until a [`Job::Stop`] or the job channel closes.
-    pub fn run(mut self, jobs: Receiver<Job>) {
+    /// Runs until a [`Job::Stop`].
+    pub fn run(mut self, jobs: &Queue) {
         self.start();
-        while let Ok(job) = jobs.recv() {
-            let mut pending = Pending::default();
-            pending.add(job);
-            for more in jobs.try_iter() {
-                pending.add(more);
-            }
+        loop {
+            let pending = jobs.take();
             if pending.stop {
                 break;
             }
@@ -177,7 +215,7 @@ impl Worker {
             if let Some(full) = pending.check {
                 self.check(full);
             } else if !pending.rescan.is_empty() {
-                self.rescan(pending.rescan);
+                self.rescan(pending.rescan.into_iter().collect());
             }
         }
         tracing::info!("scanner stopped");
@@ -196,14 +234,19 @@ impl Worker {
             ));
         }
         let recorded = self.fields.baseline_digest.clone();
-        match baseline::assess(
-            &self.store.database(),
-            self.store.digest_on_disk(),
-            recorded.as_deref(),
-        ) {
+        // Opened once: the digest assessed and the header loaded come from the same descriptor.
+        let opened = self.store.open_database();
+        let on_disk = opened
+            .as_ref()
+            .map(|r| r.as_ref().map(|db| db.digest.clone()).map_err(Clone::clone));
+        match baseline::assess(&self.store.database(), on_disk, recorded.as_deref()) {
             Assessment::Initialise => self.initialise(self.initial_request),
             Assessment::Broken { reason } => self.broken(reason),
-            Assessment::Use { digest } => match self.load(digest) {
+            Assessment::Use { digest } => match opened
+                .and_then(Result::ok)
+                .ok_or_else(|| "the baseline database vanished".to_string())
+                .and_then(|db| self.load(digest, db.header))
+            {
                 Ok(()) => {
                     if !self.control.paused() {
                         self.check(false)
@@ -215,9 +258,7 @@ impl Worker {
     }
 
     /// Loads the rules the baseline `digest` was made with, checking they are the recorded ones.
-    fn load(&mut self, digest: String) -> Result<(), String> {
-        let db = self.store.database();
-        let header = DbReader::open(&db).map_err(|e| e.to_string())?.header;
+    fn load(&mut self, digest: String, header: Header) -> Result<(), String> {
         let rules_path = self.store.rules();
         let text = std::fs::read_to_string(&rules_path)
             .map_err(|e| format!("cannot read {}: {e}", rules_path.display()))?;
@@ -247,7 +288,8 @@ impl Worker {
             root: Some(self.settings.root.clone()),
             hostname: self.settings.node.clone(),
         };
-        Config::parse(text, "aide.conf", &ctx)
+        // Rules from the cluster: includes refused, `@@if exists` under the node root.
+        Config::parse_in(text, "aide.conf", &ctx, fim_engine::config::Mode::Node)
     }
 
     /// Creates a new baseline with the current rules (backing up the old one) and, for a re-init
@@ -336,12 +378,11 @@ impl Worker {
             State::Broken { reason } => return self.errored(reason.clone()),
             State::Ready { .. } => {}
         }
-        let full = force_full
-            || match (self.settings.full_scan_every, self.last_full) {
-                (Some(every), Some(last)) => last.elapsed() >= every,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
+        let full = check_is_full(
+            force_full,
+            self.settings.full_scan_every,
+            self.last_full.map(|t| t.elapsed()),
+        );
         let kind = if full { "full" } else { "incremental" };
         let started = Instant::now();
         let Some(reader) = self.open_verified() else {
@@ -429,15 +470,12 @@ impl Worker {
         };
         let expected = baseline.digest.clone();
         let db = self.store.database();
-        let on_disk = match DbReader::open(&db) {
-            Ok(reader) if reader.digest == expected => return Some(reader),
-            Ok(reader) => Some(Ok(reader.digest)),
-            Err(fim_engine::db::DbError::Open { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                None
-            }
-            Err(e) => Some(Err(e.to_string())),
+        // The reader handed to the scan is the one whose digest was just checked.
+        let on_disk = match self.store.open_database() {
+            Some(Ok(reader)) if reader.digest == expected => return Some(reader),
+            Some(Ok(reader)) => Some(Ok(reader.digest)),
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
         };
         match baseline::assess(&db, on_disk, Some(&expected)) {
             Assessment::Broken { reason } => self.broken(reason),
@@ -458,6 +496,7 @@ impl Worker {
         opts.incremental = incremental;
         opts.threads = self.settings.threads;
         opts.scope = scope;
+        opts.max_listed = super::findings::MAX_LISTED;
         opts
     }
 
@@ -567,15 +606,19 @@ impl Worker {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+/// Whether a check rehashes every file. Without `fullScanEvery` every check is full: an
+/// incremental check trusts size, times, inode and device, which root on the node can keep
+/// while changing content (e.g. by editing the filesystem image underneath).
+pub fn check_is_full(
+    forced: bool,
+    full_scan_every: Option<Duration>,
+    since_last_full: Option<Duration>,
+) -> bool {
+    forced
+        || match (full_scan_every, since_last_full) {
+            (Some(every), Some(since)) => since >= every,
+            (Some(_), None) | (None, _) => true,
+        }
 }
 
 #[cfg(test)]
@@ -602,10 +645,64 @@ mod tests {
             Some(3),
             "the newest request answers the older ones"
         );
-        assert_eq!(p.rescan.len(), 2);
+        assert!(p.rescan.is_empty(), "the check covers the rescans");
         assert!(!p.stop);
         p.add(Job::Stop);
         assert!(p.stop);
+    }
+
+    #[test]
+    fn rescans_fold_and_coalesce_into_a_check_beyond_the_bound() {
+        let mut p = Pending::default();
+        p.add(Job::Rescan {
+            paths: vec![b"/a".to_vec(), b"/b".to_vec()],
+        });
+        p.add(Job::Rescan {
+            paths: vec![b"/a".to_vec()],
+        });
+        assert_eq!(p.rescan.len(), 2, "the same path once");
+        assert_eq!(p.check, None);
+        // A flood of changes while a scan runs: the queue stays bounded, nothing is lost.
+        let queue = Queue::default();
+        for i in 0..200_000u32 {
+            queue.send(Job::Rescan {
+                paths: vec![format!("/flood/{i}").into_bytes()],
+            });
+            let held = queue.pending.lock().unwrap().rescan.len();
+            assert!(held <= MAX_SCOPE, "{held} paths held");
+        }
+        let taken = queue.take();
+        assert_eq!(taken.check, Some(false), "coalesced into a check");
+        assert!(taken.rescan.is_empty());
+        assert!(queue.pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_queue_wakes_the_worker() {
+        let queue = Arc::new(Queue::default());
+        let worker = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.take())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        queue.send(Job::Reinit { id: 7 });
+        let taken = worker.join().unwrap();
+        assert_eq!(taken.reinit, Some(7));
+    }
+
+    #[test]
+    fn every_check_is_full_unless_full_scan_every_says_otherwise() {
+        let min = Duration::from_secs(60);
+        let hour = Duration::from_secs(3600);
+        assert!(check_is_full(false, None, None));
+        assert!(
+            check_is_full(false, None, Some(min)),
+            "no fullScanEvery: full, even right after a full check"
+        );
+        assert!(check_is_full(false, Some(hour), None), "no full check yet");
+        assert!(!check_is_full(false, Some(hour), Some(min)));
+        assert!(check_is_full(false, Some(hour), Some(hour)));
+        assert!(check_is_full(true, Some(hour), Some(min)), "forced");
     }
 
     #[test]

@@ -309,3 +309,132 @@ fn debian_aide_conf_parses_or_names_what_is_refused() {
     let etc = attrs_for(&cfg, "/etc/passwd", FileType::Regular).unwrap();
     assert!(etc.has_hashes());
 }
+
+// Hostile configs: whoever may write a FileIntegrity's rules must not hurt the operator or an
+// agent, nor make either leak what it can read.
+
+/// A file only the parsing process can read, standing in for a service-account token.
+const SECRET: &str = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQtb2YtdGhlLXRva2Vu.c2lnbmF0dXJl";
+
+fn secret_file(dir: &Path, content: &str) -> PathBuf {
+    let path = dir.join("token");
+    fs::write(&path, content).unwrap();
+    path
+}
+
+#[test]
+fn cluster_modes_refuse_includes_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = secret_file(dir.path(), SECRET);
+    for word in ["include", "x_include"] {
+        let text = format!("/etc p\n@@{word} {}\n", token.display());
+        for mode in [Mode::Operator, Mode::Node] {
+            let err = Config::parse_in(&text, "aide.conf", &ctx(), mode)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("aide.conf:2: "), "{err}");
+            assert!(err.contains(&format!("@@{word} is not allowed")), "{err}");
+            assert!(!err.contains("c2VjcmV0"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn the_operator_never_looks_at_its_filesystem_for_exists() {
+    // `/` exists everywhere: in the operator the condition is deferred (false), on a node it is
+    // evaluated under the root.
+    let text = "@@if exists /\n/then p\n@@else\n/else p\n@@endif\n";
+    let op = Config::parse_in(text, "t", &ctx(), Mode::Operator).unwrap();
+    assert!(attrs_for(&op, "/else", FileType::Regular).is_some());
+    assert!(attrs_for(&op, "/then", FileType::Regular).is_none());
+    let node = Config::parse_in(text, "t", &ctx(), Mode::Node).unwrap();
+    assert!(attrs_for(&node, "/then", FileType::Regular).is_some());
+}
+
+#[test]
+fn included_content_is_never_quoted_beyond_a_short_excerpt() {
+    let dir = tempfile::tempdir().unwrap();
+    // The secret as a bare line, as a rule's regex, as attributes, as a group, and shaped to
+    // confuse the quote finder.
+    let shapes = [
+        SECRET.to_string(),
+        format!("/{SECRET}( p"),
+        format!("/etc {SECRET}"),
+        format!("G = {SECRET}"),
+        format!("x': {SECRET}"),
+        format!("!/x {SECRET}"),
+        format!("@@if {SECRET}"),
+        format!("@@{SECRET}"),
+    ];
+    for content in shapes {
+        let token = secret_file(dir.path(), &format!("{content}\n"));
+        let text = format!("/etc p\n@@include {}\n", token.display());
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("token:1"), "{content}: {err}");
+        let chars: Vec<char> = SECRET.chars().collect();
+        for w in chars.windows(QUOTE_INCLUDED + 1) {
+            let piece: String = w.iter().collect();
+            assert!(!err.contains(&piece), "{content}: leaks '{piece}': {err}");
+        }
+    }
+}
+
+#[test]
+fn quoted_config_text_is_cut_short() {
+    let long = format!("/etc {}", "x".repeat(100_000));
+    let err = parse(&long).unwrap_err().to_string();
+    assert!(err.len() < 400, "{} bytes: {}", err.len(), &err[..400]);
+    assert!(err.contains("unknown attribute or group 'xxxx"), "{err}");
+}
+
+#[test]
+fn define_expansion_is_bounded() {
+    // Each define doubles the previous one: 2^60 bytes without a bound.
+    let mut text = String::from("@@define A 0123456789abcdef\n");
+    for _ in 0..60 {
+        text.push_str("@@define A @@{A}@@{A}\n");
+    }
+    text.push_str("/etc p\n");
+    let started = std::time::Instant::now();
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("macro expansion"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // Many lines each expanding a large value: bounded in total.
+    let mut text = format!("@@define B /{}\n", "b".repeat(60_000));
+    for _ in 0..200 {
+        text.push_str("@@define C @@{B}\n");
+    }
+    text.push_str("/etc p\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("in total"), "{err}");
+}
+
+#[test]
+fn input_size_is_bounded() {
+    let text = format!(
+        "/etc p\n{}",
+        "# padding\n".repeat(MAX_CONFIG_BYTES / 10 + 1)
+    );
+    let err = Config::parse_in(&text, "t", &ctx(), Mode::Operator).unwrap_err();
+    assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+
+    // An included file counts too.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.conf");
+    fs::write(&big, "# x\n".repeat(MAX_CONFIG_BYTES / 4 + 1)).unwrap();
+    let err = parse(&format!("/etc p\n@@include {}\n", big.display())).unwrap_err();
+    assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn regex_size_is_bounded() {
+    // Compiles with the regex crate's default limit, but not within kube-fim's.
+    let pattern = "/x{200000}";
+    assert!(regex::bytes::Regex::new(pattern).is_ok());
+    let err = parse(&format!("{pattern} p\n")).unwrap_err().to_string();
+    assert!(
+        err.starts_with("test.conf:1: invalid regular expression"),
+        "{err}"
+    );
+}
