@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod metrics_labels;
 pub mod phase;
 pub mod reinit;
+pub mod snapshot;
 
 pub use error::{Error, Result};
