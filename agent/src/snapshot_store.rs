@@ -53,22 +53,27 @@ pub struct Store {
 impl Store {
     /// A client for `args` (the crypto provider must be installed first).
     pub fn new(args: &S3Args) -> Result<Store, StoreError> {
-        let endpoint = args.endpoint.clone().ok_or(StoreError::NoEndpoint)?;
-        let access = args.access_key.clone().ok_or(StoreError::NoCredentials)?;
+        let endpoint = args.endpoint.as_deref().ok_or(StoreError::NoEndpoint)?;
+        let access = args.access_key.as_deref().ok_or(StoreError::NoCredentials)?;
         let secret = std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| StoreError::NoCredentials)?;
+        Ok(Store::with(endpoint, &args.region, &args.bucket, access, &secret))
+    }
+
+    /// A client for `bucket` at `endpoint` with these keys.
+    pub fn with(endpoint: &str, region: &str, bucket: &str, access: &str, secret: &str) -> Store {
         let credentials =
             aws_credential_types::Credentials::new(access, secret, None, None, "fim-agent");
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .endpoint_url(endpoint)
-            .region(aws_sdk_s3::config::Region::new(args.region.clone()))
+            .region(aws_sdk_s3::config::Region::new(region.to_string()))
             .credentials_provider(credentials)
             .force_path_style(true)
             .build();
-        Ok(Store {
+        Store {
             client: aws_sdk_s3::Client::from_conf(config),
-            bucket: args.bucket.clone(),
-        })
+            bucket: bucket.to_string(),
+        }
     }
 
     fn err(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {

@@ -60,6 +60,8 @@ struct Args {
     /// before expiry.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     lease_seconds: u64,
+    #[command(flatten)]
+    snapshot: fim_operator::snapshot::StorageArgs,
 }
 
 /// What `/readyz` and the leader gauge report.
@@ -76,11 +78,13 @@ struct Health {
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
+    snapshot_metrics: Arc<fim_operator::snapshot::SnapshotMetrics>,
     health: Arc<Health>,
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.metrics.render();
+    text.push_str(&state.snapshot_metrics.render());
     let leader = u8::from(state.health.leader.load(Ordering::Relaxed));
     text.push_str(&format!(
         "# HELP file_integrity_operator_leader 1 if this replica holds the leader Lease and runs the controller.\n\
@@ -128,8 +132,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let snapshot_metrics = Arc::new(fim_operator::snapshot::SnapshotMetrics::default());
     let state = AppState {
         metrics: metrics.clone(),
+        snapshot_metrics: snapshot_metrics.clone(),
         health: health.clone(),
     };
     let app = Router::new()
@@ -190,7 +196,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let synced = health.clone();
     // Whatever ends first, the controller future is dropped with it: nothing more is written.
     let lost = tokio::select! {
-        _ = controller::run(ctx, move || synced.synced.store(true, Ordering::Relaxed)) => None,
+        _ = futures::future::join(
+            controller::run(ctx, move || synced.synced.store(true, Ordering::Relaxed)),
+            fim_operator::snapshot::run(client.clone(), args.namespace.clone(), args.snapshot.clone(), snapshot_metrics),
+        ) => None,
         _ = leading.wait_for(|l| !*l) => Some("the lease manager lost the Lease".to_string()),
         why = leader::fence(client.clone(), &args.namespace, &identity, args.lease_seconds, first_deadline) => {
             Some(format!("cannot confirm the Lease ({why:?})"))
