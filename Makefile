@@ -1,6 +1,9 @@
 # kube-fim: build, test, demo and benchmark from a fresh clone. Every target installs what it needs.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
+# Serial even under -j: `test` must run lint, unit and e2e in that order, and cargo builds one at a
+# time anyway (it holds a lock on the target directory).
+.NOTPARALLEL:
 
 CACHE_DIR ?= $(HOME)/.cache/kube-fim
 export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
@@ -10,25 +13,38 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
+.PHONY: demo
+demo: ## Local cluster, operator, an agent per kwok node; tamper with a node, see status, event, report, metric, alert; re-init (KEEP=1 keeps it up)
+	@demo/run.sh
+
+.PHONY: test
+test: lint unit e2e ## Everything: lint, unit (incl. integration and AIDE differential), e2e on the local cluster
+
+.PHONY: lint
+lint: tools ## Fast: shellcheck, hadolint, promtool (hack/lint.sh), then cargo fmt --check and clippy -D warnings
+	@hack/lint.sh
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: unit
+unit: tools ## Fast: every test that needs no cluster (unit, integration, AIDE differential, linters)
+	$(CARGO) test --workspace --exclude kube-fim-e2e
+
 .PHONY: tools
-tools: ## Install the system packages the tests and benchmarks use (AIDE, Prometheus)
+tools: ## Install what the tests, linters and benchmarks use (AIDE, Prometheus/promtool, shellcheck, hadolint)
 	@hack/ensure-tools.sh
 	@e2e/scripts/ensure-prometheus.sh >/dev/null
 
 .PHONY: build
-build: ## Build the release binaries (the product crates only, not the test helpers)
-	$(CARGO) build --release -p kube-fim-agent
+build: ## Build both release binaries, fim-agent and fim-operator (not the test helpers)
+	$(CARGO) build --release -p kube-fim-agent -p kube-fim-operator
 
-.PHONY: test
-test: tools ## All tests: fmt, clippy, unit, integration, AIDE differential, and e2e on the local cluster
-	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace --exclude kube-fim-e2e
-	$(MAKE) --no-print-directory e2e
+# SUITE=agent runs one suite (e2e/tests/agent.rs) instead of all of them.
+SUITE ?=
 
 .PHONY: e2e
-e2e: e2e-binaries cluster-up ## The end-to-end suites against the local cluster, which is stopped afterwards
-	@status=0; $(CARGO) test -p kube-fim-e2e || status=$$?; \
+e2e: e2e-binaries cluster-up ## The end-to-end suites against the local cluster, which is stopped afterwards (SUITE=agent: one suite)
+	@status=0; $(CARGO) test -p kube-fim-e2e $(if $(SUITE),--test $(SUITE)) || status=$$?; \
 	  e2e/scripts/cluster-down.sh; exit $$status
 
 # Binaries the e2e suites run as processes, built before the cluster starts so a failed build
@@ -71,10 +87,6 @@ deploy: ## Install kube-fim (config/default: CRDs, namespace kube-fim, RBAC, adm
 undeploy: ## Remove what deploy installed, CRDs included (so every FileIntegrity and report goes too)
 	$(if $(PROMETHEUS),$(KUBECTL) delete --ignore-not-found $(KUBECTL_DRY_RUN) -k config/prometheus)
 	$(KUBECTL) delete --ignore-not-found $(KUBECTL_DRY_RUN) -k $(DEPLOY_CONFIG)
-
-.PHONY: demo
-demo: ## Local cluster, operator, an agent per kwok node; tamper with a node, see status, event, report, metric, alert; re-init (KEEP=1 keeps it up)
-	@demo/run.sh
 
 .PHONY: bench
 bench: tools ## Side-by-side benchmark against AIDE on BENCH_ROOT (default /usr)

@@ -1,5 +1,5 @@
 //! The failure ConfigMap `<fi>-<node>-failed`: what the node agent stores when a scan finds
-//! differences (DESIGN.md, "Runtime"; file-integrity-operator, seed 001).
+//! differences, as the file-integrity-operator stores its AIDE log.
 //!
 //! The AIDE-style report goes under the data key [`DATA_KEY`] (`integritylog`). A report that fits
 //! is stored as is; a larger one is gzip-compressed (best compression) and base64-encoded (standard

@@ -1,6 +1,6 @@
 //! fim-agent: the kube-fim scan engine as a command line tool (AIDE-compatible exit codes).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;

@@ -701,7 +701,8 @@ async fn changes_during_holdoff_are_reported_when_it_ends() {
 
 /// Detection latency: 100 successive changes, each one timed from the write to its node status
 /// (polled every 5 ms). Prints p50/p99 and writes them to `e2e/.cluster/latency.txt` (the
-/// README's numbers); every change must be detected, the timing itself is not asserted.
+/// numbers in docs/performance.md); every change must be detected, the timing itself is not
+/// asserted.
 #[tokio::test]
 async fn detection_latency_over_a_hundred_changes() {
     let s = Setup::new("agent-latency", Options::default()).await;

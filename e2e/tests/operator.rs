@@ -319,7 +319,7 @@ async fn node_results_become_events_and_metrics_and_leave_with_their_node() {
     )
     .await;
 
-    // A Warning NodeIntegrityStatus event in the seed-001 wording.
+    // A Warning NodeIntegrityStatus event in the file-integrity-operator's wording.
     let want = format!("node {node} has changed! a:1,c:1,r:0 log:{}/{log}", ns.name);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
     wait_for(&format!("event {want:?}"), WAIT, || async {

@@ -22,7 +22,6 @@ pub struct ReportContext<'a> {
     pub started: std::time::SystemTime,
 }
 
-
 /// The JSON fields naming a path (see the module docs).
 fn json_path(bytes: &[u8]) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();

@@ -1,4 +1,4 @@
-//! Events on the FileIntegrity, worded exactly as the file-integrity-operator's (seed 001) so
+//! Events on the FileIntegrity, worded exactly as the file-integrity-operator's, so
 //! that existing `--field-selector reason=...` queries and habits keep working.
 
 use kube::runtime::events::{Event, EventType};
@@ -80,8 +80,8 @@ pub fn node_event_message(node: &str, result: &ScanResult) -> EventMessage {
 }
 
 /// The `FileIntegrityStatus` event for a phase transition; `None` when the phase did not
-/// change. The message is the new phase alone, as in seed 001 (`Pending`, `Initializing`,
-/// `Active`); `Error` is a Warning.
+/// change. The message is the new phase alone, as in file-integrity-operator (`Pending`,
+/// `Initializing`, `Active`); `Error` is a Warning.
 pub fn phase_event(
     old: Option<FileIntegrityPhase>,
     new: FileIntegrityPhase,
@@ -189,7 +189,8 @@ impl From<&ScanResult> for NodeEventKey {
 }
 
 /// Whether to emit a node event: on the first result seen, on a condition transition, and —
-/// as in seed 001 — when the added/changed/removed counts change without a transition.
+/// as in file-integrity-operator — when the added/changed/removed counts change without a
+/// transition.
 /// Repeated identical results (every `gracePeriod`) stay silent.
 pub fn should_reemit(previous: Option<&NodeEventKey>, new: &NodeEventKey) -> bool {
     previous != Some(new)

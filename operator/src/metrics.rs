@@ -20,9 +20,9 @@ pub struct Metrics {
     /// Node events emitted for a new result; labels `condition` and `node`.
     pub node_status_total: IntCounterVec,
     /// Re-init requests; labels `by` (`demand`, `node`, `config`) and `node` (the targeted
-    /// node for `demand` and `node`, empty for `config`), as in seed 001.
+    /// node for `demand` and `node`, empty for `config`), as in file-integrity-operator.
     pub reinit_total: IntCounterVec,
-    /// Failed reconciliations (not a seed-001 metric); label `error`.
+    /// Failed reconciliations (not a file-integrity-operator metric); label `error`.
     pub reconcile_errors: IntCounterVec,
 }
 

