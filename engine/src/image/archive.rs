@@ -355,14 +355,22 @@ impl Outer {
             match self.members.get(&path) {
                 Some(Member::File { offset, size }) => return Ok((*offset, *size)),
                 Some(Member::Symlink(target)) => {
-                    let mut joined = match path.iter().rposition(|b| *b == b'/') {
-                        Some(i) if !target.starts_with(b"/") => path[..=i].to_vec(),
-                        _ => Vec::new(),
-                    };
-                    joined.extend_from_slice(target);
-                    path = normalize(&joined)
-                        .map_err(|m| self.format_err(m))?
-                        .unwrap_or_default();
+                    // Relative to the link's directory; `..` stays inside the archive.
+                    let mut parts: Vec<&[u8]> = Vec::new();
+                    if !target.starts_with(b"/") {
+                        parts.extend(path.split(|b| *b == b'/'));
+                        parts.pop();
+                    }
+                    for part in target.split(|b| *b == b'/') {
+                        match part {
+                            b"" | b"." => {}
+                            b".." => {
+                                parts.pop();
+                            }
+                            part => parts.push(part),
+                        }
+                    }
+                    path = parts.join(&b'/');
                 }
                 None => break,
             }

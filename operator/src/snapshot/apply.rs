@@ -8,7 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use kube_fim_crds::{SNAPSHOT_FINALIZER, Snapshot, SnapshotStatus};
+use kube_fim_crds::labels::SNAPSHOT_FINALIZER;
+use kube_fim_crds::{Snapshot, SnapshotStatus};
 use serde_json::{Value, json};
 
 use super::Context;

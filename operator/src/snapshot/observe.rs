@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use kube_fim_crds::{SNAPSHOT_FINALIZER, Snapshot};
+use kube_fim_crds::Snapshot;
+use kube_fim_crds::labels::SNAPSHOT_FINALIZER;
 
 use super::Context;
 use super::plan::{Claim, Data, Observed, object_key};

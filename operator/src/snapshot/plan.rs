@@ -56,7 +56,7 @@ pub struct Observed {
 }
 
 /// Steps for [`super::apply`], in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     AddFinalizer,
     /// Create the bucket if missing, then write `data` at `key`.
@@ -67,7 +67,7 @@ pub enum Step {
     Status(Box<SnapshotStatus>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub steps: Vec<Step>,
     /// When to look again (conflicts, retries); `None`: on the next change.
