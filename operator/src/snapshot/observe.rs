@@ -98,6 +98,14 @@ pub async fn observe(
         .state()
         .iter()
         .filter(|s| s.uid() != uid && s.metadata.deletion_timestamp.is_none())
+        // An invalid Snapshot claims no key: it will never be uploaded.
+        .filter(|s| {
+            !s.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == super::plan::VALID && c.status == "False")
+            })
+        })
         .filter_map(|s| {
             let ns = s.namespace().unwrap_or_default();
             object_key(s, &ns).ok().map(|key| Claim {
