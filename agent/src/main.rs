@@ -86,7 +86,11 @@ struct CheckArgs {
 #[derive(Args)]
 struct SnapshotArgs {
     /// Directory holding the image's root filesystem.
-    #[arg(long, required_unless_present = "image_archive", conflicts_with = "image_archive")]
+    #[arg(
+        long,
+        required_unless_present = "image_archive",
+        conflicts_with = "image_archive"
+    )]
     root: Option<PathBuf>,
     /// An image archive read in place instead: OCI image layout tar (`skopeo copy … oci-archive:`,
     /// `buildah push … oci-archive:`) or `docker save` tar. No runtime, root or unpacking needed.
@@ -355,7 +359,8 @@ fn run_snapshot(s: &SnapshotArgs) -> Result<u8, Failure> {
     let mut default_out = format!("snapshot.{}", algorithm.upper_name());
     if let Some(name) = &s.output_cr {
         let image = s.image.as_deref().unwrap_or_default();
-        let reference = fim_engine::image::ImageRef::parse(image).map_err(|e| invalid(e.to_string()))?;
+        let reference =
+            fim_engine::image::ImageRef::parse(image).map_err(|e| invalid(e.to_string()))?;
         // The archive's digest must be the one the reference pins, if it pins one.
         if let (Some(pinned), Some(found)) = (&reference.digest, &archive_digest)
             && pinned != found
@@ -372,7 +377,9 @@ fn run_snapshot(s: &SnapshotArgs) -> Result<u8, Failure> {
             name,
             namespace: &s.namespace,
             image,
-            image_digest: archive_digest.as_deref().filter(|_| reference.digest.is_none()),
+            image_digest: archive_digest
+                .as_deref()
+                .filter(|_| reference.digest.is_none()),
             algorithm: crd_algorithm,
         };
         let source = if s.upload {
@@ -433,7 +440,11 @@ fn upload(
             .put(&key, data.to_vec())
             .await
             .map_err(|e| fail(e.to_string()))?;
-        eprintln!("uploaded s3://{}/{key} ({} bytes)", bucket.bucket, data.len());
+        eprintln!(
+            "uploaded s3://{}/{key} ({} bytes)",
+            bucket.bucket,
+            data.len()
+        );
         Ok(kube_fim_crds::SnapshotSource { key, sha256 })
     })
 }

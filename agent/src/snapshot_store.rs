@@ -54,9 +54,19 @@ impl Store {
     /// A client for `args` (the crypto provider must be installed first).
     pub fn new(args: &S3Args) -> Result<Store, StoreError> {
         let endpoint = args.endpoint.as_deref().ok_or(StoreError::NoEndpoint)?;
-        let access = args.access_key.as_deref().ok_or(StoreError::NoCredentials)?;
-        let secret = std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| StoreError::NoCredentials)?;
-        Ok(Store::with(endpoint, &args.region, &args.bucket, access, &secret))
+        let access = args
+            .access_key
+            .as_deref()
+            .ok_or(StoreError::NoCredentials)?;
+        let secret =
+            std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| StoreError::NoCredentials)?;
+        Ok(Store::with(
+            endpoint,
+            &args.region,
+            &args.bucket,
+            access,
+            &secret,
+        ))
     }
 
     /// A client for `bucket` at `endpoint` with these keys.
@@ -96,7 +106,11 @@ impl Store {
             .await
         {
             Ok(out) => {
-                let body = out.body.collect().await.map_err(|e| self.err("GET", key, e))?;
+                let body = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| self.err("GET", key, e))?;
                 Ok(Some(body.into_bytes().to_vec()))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
@@ -265,7 +279,9 @@ mod tests {
             name: "app-1",
             namespace: "team",
             image: "registry:5000/app:1",
-            image_digest: Some("sha256:0000000000000000000000000000000000000000000000000000000000000000"),
+            image_digest: Some(
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            ),
             algorithm: Algorithm::Bee2,
         };
         let text = manifest(&input, b"x", None);

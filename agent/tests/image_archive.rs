@@ -57,7 +57,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-const LONG: &str = "app/a-directory-name-long-enough-that-the-whole-path-needs-a-gnu-long-name-header/file.txt";
+const LONG: &str =
+    "app/a-directory-name-long-enough-that-the-whole-path-needs-a-gnu-long-name-header/file.txt";
 
 /// Lower layer (gzip) and upper layer (plain).
 fn layers() -> (Vec<u8>, Vec<u8>) {
@@ -125,7 +126,8 @@ fn append(b: &mut tar::Builder<std::fs::File>, path: &str, data: &[u8]) {
 /// An OCI image layout tar; returns the manifest digest.
 fn oci_archive(path: &Path) -> String {
     let (lower, upper) = layers();
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -169,12 +171,17 @@ fn docker_archive(path: &Path) {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Symlink);
     h.set_size(0);
-    b.append_link(&mut h, "l2/layer.tar", "../blobs/upper.tar").unwrap();
+    b.append_link(&mut h, "l2/layer.tar", "../blobs/upper.tar")
+        .unwrap();
     b.finish().unwrap();
 }
 
 fn run(args: &[&str]) -> String {
-    let out = Command::new(BIN).arg("snapshot").args(args).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("snapshot")
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -218,8 +225,18 @@ fn archives_snapshot_like_the_exported_directory() {
         }
     }
     // What the layers mean, spelled out (sha256).
-    let text = run(&["--image-archive", oci.to_str().unwrap(), "--dir", "app", "--out", "-"]);
-    let paths: Vec<&str> = text.lines().map(|l| l.split_once("  ").unwrap().1).collect();
+    let text = run(&[
+        "--image-archive",
+        oci.to_str().unwrap(),
+        "--dir",
+        "app",
+        "--out",
+        "-",
+    ]);
+    let paths: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once("  ").unwrap().1)
+        .collect();
     assert_eq!(
         paths,
         [
@@ -258,11 +275,26 @@ fn output_cr_records_the_image_and_the_archive_digest() {
     assert_eq!(snap.spec.image, "registry:5000/team/app:1");
     assert_eq!(snap.spec.image_digest.as_deref(), Some(digest.as_str()));
     assert_eq!(snap.metadata.namespace.as_deref(), Some("team"));
-    let lines = run(&["--image-archive", oci.to_str().unwrap(), "--dir", "app", "--out", "-"]);
+    let lines = run(&[
+        "--image-archive",
+        oci.to_str().unwrap(),
+        "--dir",
+        "app",
+        "--out",
+        "-",
+    ]);
     assert_eq!(snap.inline_data().unwrap(), lines.into_bytes());
     // A reference pinning another digest is refused.
     let out = Command::new(BIN)
-        .args(["snapshot", "--image-archive", oci.to_str().unwrap(), "--dir", "app", "--out", "-"])
+        .args([
+            "snapshot",
+            "--image-archive",
+            oci.to_str().unwrap(),
+            "--dir",
+            "app",
+            "--out",
+            "-",
+        ])
         .args(["--output-cr", "x", "--image"])
         .arg(format!("app@sha256:{}", "0".repeat(64)))
         .output()

@@ -134,7 +134,10 @@ fn snapshot_schema_validates_image_and_hashes() {
     let s = schema::<Snapshot>();
     let image = rules(node(&s, "spec.image"));
     assert_eq!(image.len(), 2);
-    assert_eq!(image[0], ("self != ''".into(), "spec.image must not be empty".into()));
+    assert_eq!(
+        image[0],
+        ("self != ''".into(), "spec.image must not be empty".into())
+    );
     assert!(image[1].0.contains(REFERENCE_PATTERN), "{}", image[1].0);
     let hashes = node(&s, "spec.hashes");
     assert_eq!(hashes["pattern"], BASE64_PATTERN);
@@ -142,7 +145,10 @@ fn snapshot_schema_validates_image_and_hashes() {
     assert_eq!(rules(hashes).len(), 2);
     assert_eq!(node(&s, "spec.algorithm")["default"], "SHA256");
     assert_eq!(node(&s, "spec")["required"], json!(["image"]));
-    assert_eq!(node(&s, "spec.source")["required"], json!(["key", "sha256"]));
+    assert_eq!(
+        node(&s, "spec.source")["required"],
+        json!(["key", "sha256"])
+    );
 }
 
 /// The CEL rule's pattern is the engine's grammar, so admission and the controller agree.
@@ -299,18 +305,42 @@ fn bad_snapshots_are_refused_with_the_field_named() {
     let digest = format!("sha256:{}", "a".repeat(64));
     let reference = "spec.image must be an image reference like registry:5000/team/app:1.2 or app@sha256:<64 hex>";
     let cases = [
-        (json!({"spec": {"image": ""}}), "spec.image must not be empty"),
+        (
+            json!({"spec": {"image": ""}}),
+            "spec.image must not be empty",
+        ),
         (json!({"spec": {"image": "App:1"}}), reference),
         (json!({"spec": {"image": "app:"}}), reference),
         (json!({"spec": {"image": "app@sha256:abc"}}), reference),
         (json!({"spec": {"image": "host:port/app"}}), reference),
-        (json!({"spec": {"imageDigest": "sha256:ABC"}}), "spec.imageDigest must be sha256:<64 lowercase hex> or sha512:<128 lowercase hex>"),
-        (json!({"spec": {"hashes": ""}}), "spec.hashes must not be empty"),
-        (json!({"spec": {"hashes": "YWJj="}}), "spec.hashes must be padded base64 (length a multiple of 4)"),
-        (json!({"spec": {"hashes": null}}), "spec.hashes or spec.source must be set (exactly one of them)"),
-        (json!({"spec": {"source": {"key": "k", "sha256": "a".repeat(64)}}}), "spec.hashes or spec.source must be set (exactly one of them)"),
-        (json!({"spec": {"hashes": null, "source": {"key": "/k", "sha256": "a".repeat(64)}}}), "spec.source.key must be a non-empty key without a leading /"),
-        (json!({"spec": {"hashes": null, "source": {"key": "k", "sha256": "A".repeat(64)}}}), "spec.source.sha256 must be 64 lowercase hex digits"),
+        (
+            json!({"spec": {"imageDigest": "sha256:ABC"}}),
+            "spec.imageDigest must be sha256:<64 lowercase hex> or sha512:<128 lowercase hex>",
+        ),
+        (
+            json!({"spec": {"hashes": ""}}),
+            "spec.hashes must not be empty",
+        ),
+        (
+            json!({"spec": {"hashes": "YWJj="}}),
+            "spec.hashes must be padded base64 (length a multiple of 4)",
+        ),
+        (
+            json!({"spec": {"hashes": null}}),
+            "spec.hashes or spec.source must be set (exactly one of them)",
+        ),
+        (
+            json!({"spec": {"source": {"key": "k", "sha256": "a".repeat(64)}}}),
+            "spec.hashes or spec.source must be set (exactly one of them)",
+        ),
+        (
+            json!({"spec": {"hashes": null, "source": {"key": "/k", "sha256": "a".repeat(64)}}}),
+            "spec.source.key must be a non-empty key without a leading /",
+        ),
+        (
+            json!({"spec": {"hashes": null, "source": {"key": "k", "sha256": "A".repeat(64)}}}),
+            "spec.source.sha256 must be 64 lowercase hex digits",
+        ),
     ];
     // A null in a change removes the field (as a merge patch does).
     let apply = |change: &Value| {
@@ -323,7 +353,11 @@ fn bad_snapshots_are_refused_with_the_field_named() {
         object
     };
     for (change, message) in cases {
-        assert_eq!(refusals(&s, apply(&change), json!({})), [message], "{change}");
+        assert_eq!(
+            refusals(&s, apply(&change), json!({})),
+            [message],
+            "{change}"
+        );
     }
     for change in [
         json!({"spec": {"hashes": "YQ=="}}),
@@ -334,7 +368,11 @@ fn bad_snapshots_are_refused_with_the_field_named() {
         json!({"spec": {"image": format!("host/app:tag@{digest}")}}),
         json!({"spec": {"hashes": null, "source": {"key": "ns/docker.io/library/app/1.sha256", "sha256": "a".repeat(64)}}}),
     ] {
-        assert_eq!(refusals(&s, apply(&change), json!({})), Vec::<String>::new(), "{change}");
+        assert_eq!(
+            refusals(&s, apply(&change), json!({})),
+            Vec::<String>::new(),
+            "{change}"
+        );
     }
 }
 

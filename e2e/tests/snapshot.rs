@@ -18,10 +18,10 @@ use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use kube_fim_crds::Snapshot;
 use kube_fim_crds::labels::SNAPSHOT_FINALIZER;
-use kube_fim_e2e::fixtures::{Operator, operator_binary, agent_binary};
+use kube_fim_e2e::fixtures::{Operator, agent_binary, operator_binary};
 use kube_fim_e2e::{
-    Poll, TestNamespace, client, cluster_env, free_port, kubeconfig_path, state_dir,
-    unique_suffix, wait_for,
+    Poll, TestNamespace, client, cluster_env, free_port, kubeconfig_path, state_dir, unique_suffix,
+    wait_for,
 };
 use serde_json::{Value, json};
 
@@ -34,7 +34,10 @@ fn env(key: &str) -> String {
 
 /// A line of a sha256 snapshot.
 fn line(i: usize) -> String {
-    format!("{}  app/file-{i:07}\n", sha256_hex(i.to_string().as_bytes()))
+    format!(
+        "{}  app/file-{i:07}\n",
+        sha256_hex(i.to_string().as_bytes())
+    )
 }
 
 fn lines(n: usize) -> Vec<u8> {
@@ -104,8 +107,14 @@ async fn setup(client: &Client, prefix: &str) -> (TestNamespace, String) {
             ..Default::default()
         },
         data: Some(BTreeMap::from([
-            ("accessKey".to_string(), ByteString(env("AWS_ACCESS_KEY_ID").into_bytes())),
-            ("secretKey".to_string(), ByteString(env("AWS_SECRET_ACCESS_KEY").into_bytes())),
+            (
+                "accessKey".to_string(),
+                ByteString(env("AWS_ACCESS_KEY_ID").into_bytes()),
+            ),
+            (
+                "secretKey".to_string(),
+                ByteString(env("AWS_SECRET_ACCESS_KEY").into_bytes()),
+            ),
         ])),
         ..Default::default()
     };
@@ -128,9 +137,12 @@ fn store(endpoint: &str, bucket: &str) -> Store {
 }
 
 fn condition<'a>(s: &'a Snapshot, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
-    s.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| {
-        (c.status.as_str(), c.reason.as_str(), c.message.as_str())
-    })
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
 }
 
 /// Waits until `accept` holds for the Snapshot.
@@ -158,7 +170,9 @@ async fn wait_snapshot(
 }
 
 fn uploaded(s: &Snapshot) -> bool {
-    s.status.as_ref().is_some_and(|st| st.uploaded && st.observed_generation == s.metadata.generation)
+    s.status
+        .as_ref()
+        .is_some_and(|st| st.uploaded && st.observed_generation == s.metadata.generation)
 }
 
 async fn create(api: &Api<Snapshot>, object: Value) {
@@ -184,7 +198,13 @@ async fn upload_respec_conflict_and_delete_with_the_finalizer() {
     assert_eq!(st.control_hash.as_deref(), Some(sha256_hex(&data).as_str()));
     assert_eq!(st.files, Some(3));
     assert_eq!(condition(&s, "Valid").unwrap().0, "True");
-    assert!(s.metadata.finalizers.clone().unwrap_or_default().contains(&SNAPSHOT_FINALIZER.to_string()));
+    assert!(
+        s.metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default()
+            .contains(&SNAPSHOT_FINALIZER.to_string())
+    );
     // The bucket was created; the object holds exactly the decoded bytes.
     assert_eq!(s3.get(&key).await.unwrap(), Some(data.clone()));
     assert_eq!(load(&s, Some(&s3)).await.unwrap(), data);
@@ -213,7 +233,12 @@ async fn upload_respec_conflict_and_delete_with_the_finalizer() {
         condition(s, "Uploaded").is_some_and(|c| c.1 == "Conflict")
     })
     .await;
-    assert!(condition(&later, "Uploaded").unwrap().2.contains(&format!("{}/app", ns.name)));
+    assert!(
+        condition(&later, "Uploaded")
+            .unwrap()
+            .2
+            .contains(&format!("{}/app", ns.name))
+    );
     assert_eq!(s3.get(&key2).await.unwrap(), Some(data2));
 
     // Delete: the object goes, then the finalizer, then the Snapshot.
@@ -248,18 +273,42 @@ async fn every_image_reference_form_gets_its_key() {
     let d = format!("sha256:{}", "ab".repeat(32));
     let n = &ns.name;
     let cases = [
-        ("port", "registry:5000/app:1".to_string(), format!("{n}/registry:5000/app/1.sha256")),
-        ("nested", "ghcr.io/a/b/c:tag".into(), format!("{n}/ghcr.io/a/b/c/tag.sha256")),
-        ("short", "nginx".into(), format!("{n}/docker.io/library/nginx/latest.sha256")),
-        ("digest", format!("app@{d}"), format!("{n}/docker.io/library/app/{d}.sha256")),
-        ("both", format!("host.example:8443/app:tag@{d}"), format!("{n}/host.example:8443/app/{d}.sha256")),
+        (
+            "port",
+            "registry:5000/app:1".to_string(),
+            format!("{n}/registry:5000/app/1.sha256"),
+        ),
+        (
+            "nested",
+            "ghcr.io/a/b/c:tag".into(),
+            format!("{n}/ghcr.io/a/b/c/tag.sha256"),
+        ),
+        (
+            "short",
+            "nginx".into(),
+            format!("{n}/docker.io/library/nginx/latest.sha256"),
+        ),
+        (
+            "digest",
+            format!("app@{d}"),
+            format!("{n}/docker.io/library/app/{d}.sha256"),
+        ),
+        (
+            "both",
+            format!("host.example:8443/app:tag@{d}"),
+            format!("{n}/host.example:8443/app/{d}.sha256"),
+        ),
     ];
     for (i, (name, image, _)) in cases.iter().enumerate() {
         create(&api, inline(name, image, &lines(i + 1))).await;
     }
     for (i, (name, _, key)) in cases.iter().enumerate() {
         let s = wait_snapshot(&api, name, name, uploaded).await;
-        assert_eq!(s.status.unwrap().object_key.as_deref(), Some(key.as_str()), "{name}");
+        assert_eq!(
+            s.status.unwrap().object_key.as_deref(),
+            Some(key.as_str()),
+            "{name}"
+        );
         assert_eq!(s3.get(key).await.unwrap(), Some(lines(i + 1)), "{name}");
     }
     for (name, _, _) in &cases {
@@ -283,7 +332,10 @@ async fn bad_snapshots_are_refused_at_admission_or_marked_invalid() {
         let api = dynamic.clone();
         async move {
             let s: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
-            api.create(&PostParams::default(), &s).await.err().map(|e| e.to_string())
+            api.create(&PostParams::default(), &s)
+                .await
+                .err()
+                .map(|e| e.to_string())
         }
     };
     let good = lines(2);
@@ -292,12 +344,20 @@ async fn bad_snapshots_are_refused_at_admission_or_marked_invalid() {
         (json!({"spec": {"image": "app@sha256:abc"}}), "spec.image"),
         (json!({"spec": {"algorithm": "sha256"}}), "spec.algorithm"),
         (json!({"spec": {"hashes": "not base64!"}}), "spec.hashes"),
-        (json!({"spec": {"imageDigest": "sha256:x"}}), "spec.imageDigest"),
-        (json!({"spec": {"source": {"key": "k", "sha256": "0".repeat(64)}}}), "spec.hashes or spec.source"),
+        (
+            json!({"spec": {"imageDigest": "sha256:x"}}),
+            "spec.imageDigest",
+        ),
+        (
+            json!({"spec": {"source": {"key": "k", "sha256": "0".repeat(64)}}}),
+            "spec.hashes or spec.source",
+        ),
     ] {
         let mut object = inline("bad", "app:1", &good);
         merge(&mut object, change.clone());
-        let err = try_create(object).await.unwrap_or_else(|| panic!("{change} was admitted"));
+        let err = try_create(object)
+            .await
+            .unwrap_or_else(|| panic!("{change} was admitted"));
         assert!(err.contains(field), "{change}: {err}");
     }
     // Content the schema cannot see: Valid=False naming the line.
@@ -343,7 +403,12 @@ fn minio_binary() -> PathBuf {
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("minio-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("minio-")
+        })
         .map(|p| p.join("minio"))
         .expect("minio built by make cluster-components")
 }
@@ -354,8 +419,16 @@ fn dirs_home() -> PathBuf {
 
 fn start_minio(port: u16, data: &std::path::Path) -> Child {
     Command::new(minio_binary())
-        .args(["server", "--quiet", "--address", &format!("127.0.0.1:{port}")])
-        .args(["--console-address", &format!("127.0.0.1:{}", free_port().unwrap())])
+        .args([
+            "server",
+            "--quiet",
+            "--address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "--console-address",
+            &format!("127.0.0.1:{}", free_port().unwrap()),
+        ])
         .arg(data)
         .env("MINIO_ROOT_USER", env("AWS_ACCESS_KEY_ID"))
         .env("MINIO_ROOT_PASSWORD", env("AWS_SECRET_ACCESS_KEY"))
@@ -395,7 +468,11 @@ async fn uploads_are_retried_until_minio_is_back() {
                 .find(|l| l.starts_with("fim_snapshot_storage_attempts_total{result=\"error\"}"))
                 .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                 .unwrap_or(0);
-            Ok(if errors >= 2 { Poll::Ready(()) } else { Poll::Pending(format!("{errors} errors")) })
+            Ok(if errors >= 2 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{errors} errors"))
+            })
         }
     })
     .await
@@ -408,11 +485,20 @@ async fn uploads_are_retried_until_minio_is_back() {
     let key = s.status.as_ref().unwrap().object_key.clone().unwrap();
     assert_eq!(s3.get(&key).await.unwrap(), Some(data));
     let (_, body) = op.get("/metrics").await.unwrap();
-    assert!(body.contains("fim_snapshot_storage_attempts_total{result=\"success\"} 1"), "{body}");
+    assert!(
+        body.contains("fim_snapshot_storage_attempts_total{result=\"success\"} 1"),
+        "{body}"
+    );
     api.delete("app", &DeleteParams::default()).await.unwrap();
     wait_for("app gone", WAIT, || {
         let api = api.clone();
-        async move { Ok(if api.get_opt("app").await?.is_none() { Poll::Ready(()) } else { Poll::Pending("present".into()) }) }
+        async move {
+            Ok(if api.get_opt("app").await?.is_none() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending("present".into())
+            })
+        }
     })
     .await
     .unwrap();
@@ -445,15 +531,27 @@ async fn a_2mb_snapshot_uploaded_by_the_cli_and_a_tampered_object_refused() {
     let manifest = dir.path().join("snap.yaml");
     let out = Command::new(agent_binary())
         .args(["snapshot", "--root", root.to_str().unwrap(), "--dir", "app"])
-        .args(["--image", "registry:5000/big:1", "--output-cr", "big", "--namespace", &ns.name])
+        .args([
+            "--image",
+            "registry:5000/big:1",
+            "--output-cr",
+            "big",
+            "--namespace",
+            &ns.name,
+        ])
         .args(["--upload", "--out", manifest.to_str().unwrap()])
         .args(["--s3-endpoint", &endpoint, "--s3-bucket", &bucket])
         .env("AWS_ACCESS_KEY_ID", env("AWS_ACCESS_KEY_ID"))
         .env("AWS_SECRET_ACCESS_KEY", env("AWS_SECRET_ACCESS_KEY"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let snap: Snapshot = serde_saphyr::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: Snapshot =
+        serde_saphyr::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     let source = snap.spec.source.clone().expect("spec.source");
     assert_eq!(snap.spec.hashes, None);
     let key = format!("{}/registry:5000/big/1.sha256", ns.name);
@@ -464,7 +562,10 @@ async fn a_2mb_snapshot_uploaded_by_the_cli_and_a_tampered_object_refused() {
     api.create(&PostParams::default(), &snap).await.unwrap();
     let s = wait_snapshot(&api, "big", "big validated", uploaded).await;
     assert_eq!(s.status.as_ref().unwrap().files, Some(24_000));
-    assert_eq!(s.status.as_ref().unwrap().control_hash.as_deref(), Some(source.sha256.as_str()));
+    assert_eq!(
+        s.status.as_ref().unwrap().control_hash.as_deref(),
+        Some(source.sha256.as_str())
+    );
     assert_eq!(load(&s, Some(&s3)).await.unwrap(), data);
 
     // Replaced behind the operator's back: the loader refuses it, naming the Snapshot.
@@ -473,7 +574,11 @@ async fn a_2mb_snapshot_uploaded_by_the_cli_and_a_tampered_object_refused() {
     s3.put(&key, tampered).await.unwrap();
     let err = load(&s, Some(&s3)).await.unwrap_err();
     assert!(matches!(err, LoadError::Mismatch { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("Snapshot {}/big", ns.name)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("Snapshot {}/big", ns.name)),
+        "{err}"
+    );
     api.delete("big", &DeleteParams::default()).await.unwrap();
     ns.delete().await.unwrap();
 }

@@ -22,7 +22,13 @@ const MANAGER: &str = "fim-operator-snapshot";
 pub fn status_patch(status: &SnapshotStatus) -> Value {
     let mut value = serde_json::to_value(status).unwrap_or_default();
     if let Some(map) = value.as_object_mut() {
-        for key in ["controlHash", "objectKey", "files", "observedGeneration", "conditions"] {
+        for key in [
+            "controlHash",
+            "objectKey",
+            "files",
+            "observedGeneration",
+            "conditions",
+        ] {
             map.entry(key).or_insert(Value::Null);
         }
     }
@@ -40,10 +46,15 @@ async fn set_finalizers(api: &Api<Snapshot>, s: &Snapshot, add: bool) -> kube::R
         finalizers.push(SNAPSHOT_FINALIZER.to_string());
     }
     // resourceVersion makes it a compare-and-swap: no other finalizer is lost.
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": s.resource_version()}});
-    api.patch(&s.name_any(), &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": s.resource_version()}});
+    api.patch(
+        &s.name_any(),
+        &PatchParams::apply(MANAGER),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
 }
 
 pub async fn apply(

@@ -45,11 +45,16 @@ impl Default for SnapshotMetrics {
     fn default() -> Self {
         let registry = Registry::new();
         let attempts = IntCounterVec::new(
-            Opts::new(ATTEMPTS_TOTAL, "Snapshot storage attempts (uploads and deletes) by result"),
+            Opts::new(
+                ATTEMPTS_TOTAL,
+                "Snapshot storage attempts (uploads and deletes) by result",
+            ),
             &["result"],
         )
         .expect("valid metric");
-        registry.register(Box::new(attempts.clone())).expect("registered once");
+        registry
+            .register(Box::new(attempts.clone()))
+            .expect("registered once");
         for result in ["success", "error"] {
             attempts.with_label_values(&[result]);
         }

@@ -127,7 +127,10 @@ pub async fn observe(
         created: created(snapshot),
         generation: snapshot.metadata.generation,
         deleting: snapshot.metadata.deletion_timestamp.is_some(),
-        has_finalizer: snapshot.finalizers().iter().any(|f| f == SNAPSHOT_FINALIZER),
+        has_finalizer: snapshot
+            .finalizers()
+            .iter()
+            .any(|f| f == SNAPSHOT_FINALIZER),
         status: snapshot.status.clone().unwrap_or_default(),
         data,
         others,

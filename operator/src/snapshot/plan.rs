@@ -60,9 +60,14 @@ pub struct Observed {
 pub enum Step {
     AddFinalizer,
     /// Create the bucket if missing, then write `data` at `key`.
-    Upload { key: String, data: Vec<u8> },
+    Upload {
+        key: String,
+        data: Vec<u8>,
+    },
     /// Delete an object this Snapshot owned (finalizer, or its key changed).
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
     RemoveFinalizer,
     Status(Box<SnapshotStatus>),
 }
@@ -120,13 +125,24 @@ pub struct Checked {
 /// `Valid`: image reference, data present and well-formed (lines checked per algorithm), and the
 /// source object unchanged since upload.
 pub fn check(snapshot: &Snapshot, data: &Data) -> Result<Checked, (&'static str, String)> {
-    ImageRef::parse(&snapshot.spec.image).map_err(|e| ("InvalidImage", format!("spec.image: {e}")))?;
+    ImageRef::parse(&snapshot.spec.image)
+        .map_err(|e| ("InvalidImage", format!("spec.image: {e}")))?;
     let bytes = match data {
         Data::Bytes(b) => b,
-        Data::BadBase64 => return Err(("InvalidContent", "spec.hashes is not valid base64".into())),
+        Data::BadBase64 => {
+            return Err(("InvalidContent", "spec.hashes is not valid base64".into()));
+        }
         Data::SourceMissing => {
-            let key = snapshot.spec.source.as_ref().map(|s| s.key.as_str()).unwrap_or("");
-            return Err(("SourceMissing", format!("spec.source.key: object {key} does not exist")));
+            let key = snapshot
+                .spec
+                .source
+                .as_ref()
+                .map(|s| s.key.as_str())
+                .unwrap_or("");
+            return Err((
+                "SourceMissing",
+                format!("spec.source.key: object {key} does not exist"),
+            ));
         }
         Data::SourceUnreachable(e) => return Err(("SourceUnreachable", e.clone())),
     };
@@ -144,7 +160,11 @@ pub fn check(snapshot: &Snapshot, data: &Data) -> Result<Checked, (&'static str,
     }
     let hex_len = snapshot.spec.algorithm.output_len() * 2;
     let lines = parse_lines(bytes, hex_len).map_err(|e| {
-        let field = if snapshot.spec.source.is_some() { "spec.source" } else { "spec.hashes" };
+        let field = if snapshot.spec.source.is_some() {
+            "spec.source"
+        } else {
+            "spec.hashes"
+        };
         ("InvalidContent", format!("{field}: {e}"))
     })?;
     Ok(Checked {
@@ -164,7 +184,11 @@ pub fn plan(snapshot: &Snapshot, o: &Observed, now: Time, max_backoff: Duration)
         last_transition_time: now.clone(),
         observed_generation: o.generation,
     };
-    let owned_key = o.status.uploaded.then(|| o.status.object_key.clone()).flatten();
+    let owned_key = o
+        .status
+        .uploaded
+        .then(|| o.status.object_key.clone())
+        .flatten();
 
     if o.deleting {
         let mut steps = Vec::new();
@@ -175,7 +199,10 @@ pub fn plan(snapshot: &Snapshot, o: &Observed, now: Time, max_backoff: Duration)
             }
             steps.push(Step::RemoveFinalizer);
         }
-        return Plan { steps, requeue: None };
+        return Plan {
+            steps,
+            requeue: None,
+        };
     }
 
     let mut steps = Vec::new();
@@ -192,10 +219,18 @@ pub fn plan(snapshot: &Snapshot, o: &Observed, now: Time, max_backoff: Duration)
     let checked = match check(snapshot, &o.data) {
         Ok(c) => c,
         Err((reason, message)) => {
-            set_condition(&mut status.conditions, condition(VALID, false, reason, message));
             set_condition(
                 &mut status.conditions,
-                condition(UPLOADED, false, "Invalid", "not uploaded: the snapshot is not valid".into()),
+                condition(VALID, false, reason, message),
+            );
+            set_condition(
+                &mut status.conditions,
+                condition(
+                    UPLOADED,
+                    false,
+                    "Invalid",
+                    "not uploaded: the snapshot is not valid".into(),
+                ),
             );
             // Keep the object of the last valid version until the spec is fixed or deleted.
             status.object_key = owned_key.clone();
@@ -218,7 +253,10 @@ pub fn plan(snapshot: &Snapshot, o: &Observed, now: Time, max_backoff: Duration)
         Ok(k) => k,
         Err(e) => {
             // check() parsed the image already; kept for completeness.
-            set_condition(&mut status.conditions, condition(UPLOADED, false, "InvalidImage", e));
+            set_condition(
+                &mut status.conditions,
+                condition(UPLOADED, false, "InvalidImage", e),
+            );
             steps.push(Step::Status(Box::new(status)));
             return Plan { steps, requeue };
         }
@@ -236,7 +274,10 @@ pub fn plan(snapshot: &Snapshot, o: &Observed, now: Time, max_backoff: Duration)
                 UPLOADED,
                 false,
                 "Conflict",
-                format!("object key {key} belongs to Snapshot {}; nothing was written", first.name),
+                format!(
+                    "object key {key} belongs to Snapshot {}; nothing was written",
+                    first.name
+                ),
             ),
         );
         status.object_key = owned_key.filter(|k| *k != key);
@@ -259,7 +300,10 @@ pub fn plan(snapshot: &Snapshot, o: &Observed, now: Time, max_backoff: Duration)
             ),
         );
         steps.push(Step::Status(Box::new(status)));
-        return Plan { steps, requeue: None };
+        return Plan {
+            steps,
+            requeue: None,
+        };
     }
     let current = o.status.uploaded
         && o.status.object_key.as_deref() == Some(key.as_str())
@@ -286,7 +330,13 @@ pub fn plan(snapshot: &Snapshot, o: &Observed, now: Time, max_backoff: Duration)
 
 /// The status after a failed storage step: `Uploaded=False` with the error, not uploaded, and the
 /// key it was for.
-pub fn failed(mut status: SnapshotStatus, reason: &str, error: String, now: Time, generation: Option<i64>) -> SnapshotStatus {
+pub fn failed(
+    mut status: SnapshotStatus,
+    reason: &str,
+    error: String,
+    now: Time,
+    generation: Option<i64>,
+) -> SnapshotStatus {
     status.uploaded = false;
     set_condition(
         &mut status.conditions,
@@ -369,11 +419,20 @@ mod tests {
         let s = snapshot("registry:5000/app:1");
         let p = plan(&s, &observed(), now(), MAX);
         let key = "team/registry:5000/app/1.sha256";
-        assert_eq!(p.steps[0], Step::Upload { key: key.into(), data: data() });
+        assert_eq!(
+            p.steps[0],
+            Step::Upload {
+                key: key.into(),
+                data: data()
+            }
+        );
         let st = status_of(&p);
         assert!(st.uploaded);
         assert_eq!(st.object_key.as_deref(), Some(key));
-        assert_eq!(st.control_hash.as_deref(), Some(hex::encode(Sha256::digest(data())).as_str()));
+        assert_eq!(
+            st.control_hash.as_deref(),
+            Some(hex::encode(Sha256::digest(data())).as_str())
+        );
         assert_eq!(st.files, Some(2));
         assert_eq!(cond(st, VALID).status, "True");
         assert_eq!(cond(st, UPLOADED).reason, "Uploaded");
@@ -402,8 +461,13 @@ mod tests {
         assert_eq!(
             p.steps[..2],
             [
-                Step::Upload { key: "team/docker.io/library/app/2.sha256".into(), data: data() },
-                Step::Delete { key: "team/docker.io/library/app/1.sha256".into() },
+                Step::Upload {
+                    key: "team/docker.io/library/app/2.sha256".into(),
+                    data: data()
+                },
+                Step::Delete {
+                    key: "team/docker.io/library/app/1.sha256".into()
+                },
             ]
         );
         // Same key, new content (hashes changed): uploaded again, nothing deleted.
@@ -413,7 +477,13 @@ mod tests {
         let mut o2 = o.clone();
         o2.data = Data::Bytes(other.clone().into_bytes());
         let p = plan(&changed, &o2, now(), MAX);
-        assert_eq!(p.steps[0], Step::Upload { key: "team/docker.io/library/app/1.sha256".into(), data: other.into_bytes() });
+        assert_eq!(
+            p.steps[0],
+            Step::Upload {
+                key: "team/docker.io/library/app/1.sha256".into(),
+                data: other.into_bytes()
+            }
+        );
         assert_eq!(p.steps.len(), 2);
     }
 
@@ -425,29 +495,51 @@ mod tests {
         let p = plan(&snapshot("app:1"), &o, now(), MAX);
         assert_eq!(
             p.steps,
-            [Step::Delete { key: "team/docker.io/library/app/1.sha256".into() }, Step::RemoveFinalizer]
+            [
+                Step::Delete {
+                    key: "team/docker.io/library/app/1.sha256".into()
+                },
+                Step::RemoveFinalizer
+            ]
         );
         // Never uploaded (conflict, invalid): nothing to delete, the finalizer goes.
         let mut o = observed();
         o.deleting = true;
-        assert_eq!(plan(&snapshot("app:1"), &o, now(), MAX).steps, [Step::RemoveFinalizer]);
+        assert_eq!(
+            plan(&snapshot("app:1"), &o, now(), MAX).steps,
+            [Step::RemoveFinalizer]
+        );
     }
 
     #[test]
     fn the_later_of_two_snapshots_with_one_key_gets_a_conflict() {
         let mut o = observed();
-        o.others = vec![Claim { name: "team/first".into(), key: "team/docker.io/library/app/1.sha256".into(), created: 50 }];
+        o.others = vec![Claim {
+            name: "team/first".into(),
+            key: "team/docker.io/library/app/1.sha256".into(),
+            created: 50,
+        }];
         let p = plan(&snapshot("docker.io/library/app:1"), &o, now(), MAX);
-        assert!(p.steps.iter().all(|s| !matches!(s, Step::Upload { .. } | Step::Delete { .. })));
+        assert!(
+            p.steps
+                .iter()
+                .all(|s| !matches!(s, Step::Upload { .. } | Step::Delete { .. }))
+        );
         let st = status_of(&p);
         assert!(!st.uploaded);
         let c = cond(st, UPLOADED);
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Conflict"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Conflict")
+        );
         assert!(c.message.contains("team/first"), "{}", c.message);
         assert!(p.requeue.is_some());
         // The earlier one is not bothered by the later.
         o.others[0].created = 200;
-        assert!(matches!(plan(&snapshot("app:1"), &o, now(), MAX).steps[0], Step::Upload { .. }));
+        assert!(matches!(
+            plan(&snapshot("app:1"), &o, now(), MAX).steps[0],
+            Step::Upload { .. }
+        ));
     }
 
     #[test]
@@ -460,7 +552,10 @@ mod tests {
         let p = plan(&s, &o, now(), MAX);
         let st = status_of(&p);
         let c = cond(st, VALID);
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InvalidContent"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidContent")
+        );
         assert!(c.message.contains("line 2"), "{}", c.message);
         assert_eq!(st.control_hash, None);
         assert!(!p.steps.iter().any(|s| matches!(s, Step::Upload { .. })));
@@ -468,9 +563,22 @@ mod tests {
         s.spec.algorithm = Algorithm::Md5;
         o.data = Data::Bytes(data());
         let c = cond(status_of(&plan(&s, &o, now(), MAX)), VALID).clone();
-        assert!(c.message.contains("line 1") && c.message.contains("32 hex"), "{}", c.message);
+        assert!(
+            c.message.contains("line 1") && c.message.contains("32 hex"),
+            "{}",
+            c.message
+        );
         // The image reference is checked fully (the CEL pattern misses a corner).
-        let c = cond(status_of(&plan(&snapshot("bad_host.example/app"), &observed(), now(), MAX)), VALID).clone();
+        let c = cond(
+            status_of(&plan(
+                &snapshot("bad_host.example/app"),
+                &observed(),
+                now(),
+                MAX,
+            )),
+            VALID,
+        )
+        .clone();
         assert_eq!(c.reason, "InvalidImage");
     }
 
@@ -528,6 +636,9 @@ mod tests {
         set_condition(&mut conditions, c("False", &t1));
         assert_eq!(conditions[0].last_transition_time, t0);
         set_condition(&mut conditions, c("True", &t1));
-        assert_eq!((conditions.len(), &conditions[0].last_transition_time), (1, &t1));
+        assert_eq!(
+            (conditions.len(), &conditions[0].last_transition_time),
+            (1, &t1)
+        );
     }
 }

@@ -89,7 +89,14 @@ impl Bucket {
 
     /// Creates the bucket unless it exists.
     pub async fn ensure(&self) -> Result<(), String> {
-        if self.client.head_bucket().bucket(&self.name).send().await.is_ok() {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.name)
+            .send()
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         match self.client.create_bucket().bucket(&self.name).send().await {
@@ -101,7 +108,11 @@ impl Bucket {
             {
                 Ok(())
             }
-            Err(e) => Err(format!("create bucket {}: {}", self.name, DisplayErrorContext(e))),
+            Err(e) => Err(format!(
+                "create bucket {}: {}",
+                self.name,
+                DisplayErrorContext(e)
+            )),
         }
     }
 
@@ -119,7 +130,14 @@ impl Bucket {
 
     /// `Ok(None)` when the object does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        match self.client.get_object().bucket(&self.name).key(key).send().await {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => out
                 .body
                 .collect()
@@ -156,7 +174,8 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                 .collect()
         };
-        let c = credentials_from_secret(&data(&[("accessKey", "a"), ("secretKey", "s\n")])).unwrap();
+        let c =
+            credentials_from_secret(&data(&[("accessKey", "a"), ("secretKey", "s\n")])).unwrap();
         assert_eq!((c.access_key.as_str(), c.secret_key.as_str()), ("a", "s"));
         let c = credentials_from_secret(&data(&[
             ("AWS_ACCESS_KEY_ID", "a2"),
