@@ -85,16 +85,45 @@ struct CheckArgs {
 
 #[derive(Args)]
 struct SnapshotArgs {
+    /// Directory holding the image's root filesystem.
+    #[arg(
+        long,
+        required_unless_present = "image_archive",
+        conflicts_with = "image_archive"
+    )]
+    root: Option<PathBuf>,
+    /// An image archive read in place instead: OCI image layout tar (`skopeo copy … oci-archive:`,
+    /// `buildah push … oci-archive:`) or `docker save` tar. No runtime, root or unpacking needed.
     #[arg(long)]
-    root: PathBuf,
+    image_archive: Option<PathBuf>,
     /// Comma-separated directories relative to the root (`app,bin`).
     #[arg(long, value_delimiter = ',', required = true)]
     dir: Vec<String>,
     #[arg(long, default_value = "sha256")]
     algorithm: String,
-    /// Output file (default `snapshot.<ALGORITHM>`); `-` for standard output.
+    /// Output file (default `snapshot.<ALGORITHM>`, or `<NAME>.yaml` with --output-cr); `-` for
+    /// standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Image reference the snapshot is of (`registry:5000/app:1`); an OCI archive's manifest
+    /// digest is recorded beside it.
+    #[arg(long)]
+    image: Option<String>,
+    /// Write a Snapshot manifest named NAME (for `kubectl apply`) instead of the bare lines.
+    #[arg(long, value_name = "NAME", requires = "image")]
+    output_cr: Option<String>,
+    /// Namespace of the Snapshot (and first component of its object key).
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Write the lines to S3 at the Snapshot's object key; the manifest then references the
+    /// object (`spec.source`) instead of carrying it: for snapshots too big for a resource.
+    #[arg(long, requires = "output_cr")]
+    upload: bool,
+    /// Replace an object at the key that holds other data (`--upload`).
+    #[arg(long, requires = "upload")]
+    force: bool,
+    #[command(flatten)]
+    s3: fim_agent::snapshot_store::S3Args,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -301,6 +330,7 @@ fn print_report(
 }
 
 fn run_snapshot(s: &SnapshotArgs) -> Result<u8, Failure> {
+    use fim_agent::snapshot_store::{self as store, ManifestInput};
     let invalid = |message: String| Failure {
         code: exit::INVALID_ARGUMENT,
         message,
@@ -312,23 +342,109 @@ fn run_snapshot(s: &SnapshotArgs) -> Result<u8, Failure> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let data = fim_engine::snapshot::snapshot(&s.root, &s.dir, algorithm, threads)
-        .map_err(|e| invalid(e.to_string()))?;
-    let out = s
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("snapshot.{}", algorithm.upper_name())));
+    let (data, archive_digest) = match (&s.root, &s.image_archive) {
+        (_, Some(archive)) => {
+            let snap = fim_engine::image::archive::snapshot_archive(archive, &s.dir, algorithm)
+                .map_err(|e| invalid(e.to_string()))?;
+            (snap.text, snap.digest)
+        }
+        (Some(root), None) => (
+            fim_engine::snapshot::snapshot(root, &s.dir, algorithm, threads)
+                .map_err(|e| invalid(e.to_string()))?,
+            None,
+        ),
+        (None, None) => return Err(invalid("--root or --image-archive is required".into())),
+    };
+    let mut body = data.into_bytes();
+    let mut default_out = format!("snapshot.{}", algorithm.upper_name());
+    if let Some(name) = &s.output_cr {
+        let image = s.image.as_deref().unwrap_or_default();
+        let reference =
+            fim_engine::image::ImageRef::parse(image).map_err(|e| invalid(e.to_string()))?;
+        // The archive's digest must be the one the reference pins, if it pins one.
+        if let (Some(pinned), Some(found)) = (&reference.digest, &archive_digest)
+            && pinned != found
+        {
+            return Err(invalid(format!(
+                "--image pins {pinned}, but the archive holds {found}"
+            )));
+        }
+        let crd_algorithm: kube_fim_crds::Algorithm = algorithm
+            .upper_name()
+            .parse()
+            .map_err(|e: kube_fim_crds::UnknownAlgorithm| invalid(format!("--output-cr: {e}")))?;
+        let input = ManifestInput {
+            name,
+            namespace: &s.namespace,
+            image,
+            image_digest: archive_digest
+                .as_deref()
+                .filter(|_| reference.digest.is_none()),
+            algorithm: crd_algorithm,
+        };
+        let source = if s.upload {
+            Some(upload(&input, &body, s)?)
+        } else {
+            None
+        };
+        body = store::manifest(&input, &body, source).into_bytes();
+        default_out = format!("{name}.yaml");
+    } else if s.image.is_some() {
+        eprintln!("fim-agent: note: --image is recorded only in a manifest (--output-cr)");
+    }
+    let out = s.out.clone().unwrap_or_else(|| PathBuf::from(default_out));
     let write_err = |e: std::io::Error| Failure {
         code: exit::WRITE_ERROR,
         message: format!("cannot write {}: {e}", out.display()),
     };
     if out.as_os_str() == "-" {
-        std::io::stdout()
-            .write_all(data.as_bytes())
-            .map_err(write_err)?;
+        std::io::stdout().write_all(&body).map_err(write_err)?;
     } else {
-        std::fs::write(&out, data).map_err(write_err)?;
+        std::fs::write(&out, body).map_err(write_err)?;
         eprintln!("created {}", out.display());
     }
     Ok(0)
+}
+
+/// `--upload`: writes the lines at the Snapshot's key (refusing to replace other data unless
+/// `--force`) and returns the `spec.source` pointing at them.
+fn upload(
+    input: &fim_agent::snapshot_store::ManifestInput<'_>,
+    data: &[u8],
+    s: &SnapshotArgs,
+) -> Result<kube_fim_crds::SnapshotSource, Failure> {
+    use fim_agent::snapshot_store::{self as store, Store};
+    let fail = |message: String| Failure {
+        code: exit::WRITE_ERROR,
+        message,
+    };
+    let key = store::upload_key(input).map_err(|e| fail(e.to_string()))?;
+    let sha256 = store::sha256_hex(data);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let bucket = Store::new(&s.s3).map_err(|e| fail(e.to_string()))?;
+        if let Some(existing) = bucket.get(&key).await.map_err(|e| fail(e.to_string()))?
+            && store::sha256_hex(&existing) != sha256
+            && !s.force
+        {
+            return Err(fail(format!(
+                "s3://{}/{key} already holds other data; --force replaces it",
+                bucket.bucket
+            )));
+        }
+        bucket
+            .put(&key, data.to_vec())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        eprintln!(
+            "uploaded s3://{}/{key} ({} bytes)",
+            bucket.bucket,
+            data.len()
+        );
+        Ok(kube_fim_crds::SnapshotSource { key, sha256 })
+    })
 }

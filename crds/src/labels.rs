@@ -40,7 +40,7 @@ pub const NODE: &str = "fim.kubefim.io/node";
 pub const RESULT_LOG: &str = "fim.kubefim.io/result-log";
 
 /// Finalizer the operator puts on a Snapshot to delete its object from storage first.
-pub const SNAPSHOT_FINALIZER: &str = "fim.kubefim.io/snapshot-storage";
+pub const SNAPSHOT_FINALIZER: &str = "fim.kubefim.io/snapshot";
 
 /// Pod annotation key listing the paths to monitor in `container`.
 pub fn paths_annotation(container: &str) -> String {

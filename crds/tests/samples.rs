@@ -335,14 +335,15 @@ fn snapshot_sample() {
     assert!(status.uploaded);
     assert_eq!(
         status.control_hash.as_deref(),
-        Some("0c5f26feb07688edab0e71a2df04709a")
+        Some("7d378587aa4b2b7a300f7a25f9cd574d3bcc2a8a2aa6fdc2d29cb47fc5b8a734")
     );
     assert_eq!(serde_json::to_value(&snap).unwrap(), raw);
 
     use base64::Engine;
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(&snap.spec.hashes)
+        .decode(snap.spec.hashes.as_deref().unwrap())
         .unwrap();
+    assert_eq!(snap.inline_data().unwrap(), decoded);
     let text = String::from_utf8(decoded).unwrap();
     assert!(
         text.starts_with(

@@ -7,7 +7,8 @@ use base64::Engine;
 use common::{node, sample_json, schema};
 use kube::core::cel::{ScopeContext, Validator, analyze_rule, compile_schema};
 use kube_fim_crds::{
-    BASE64_PATTERN, FileIntegrity, FileIntegrityNodeStatus, MIN_GRACE_PERIOD, Snapshot, crds,
+    BASE64_PATTERN, DIGEST_PATTERN, FileIntegrity, FileIntegrityNodeStatus, MAX_INLINE_HASHES,
+    MIN_GRACE_PERIOD, REFERENCE_PATTERN, Snapshot, crds,
 };
 use serde_json::{Value, json};
 
@@ -131,15 +132,31 @@ fn node_status_schema_is_flat_and_bounded() {
 #[test]
 fn snapshot_schema_validates_image_and_hashes() {
     let s = schema::<Snapshot>();
+    let image = rules(node(&s, "spec.image"));
+    assert_eq!(image.len(), 2);
     assert_eq!(
-        rules(node(&s, "spec.image")),
-        [("self != ''".into(), "spec.image must not be empty".into())]
+        image[0],
+        ("self != ''".into(), "spec.image must not be empty".into())
     );
+    assert!(image[1].0.contains(REFERENCE_PATTERN), "{}", image[1].0);
     let hashes = node(&s, "spec.hashes");
     assert_eq!(hashes["pattern"], BASE64_PATTERN);
+    assert_eq!(hashes["maxLength"], MAX_INLINE_HASHES);
     assert_eq!(rules(hashes).len(), 2);
     assert_eq!(node(&s, "spec.algorithm")["default"], "SHA256");
-    assert_eq!(node(&s, "spec")["required"], json!(["hashes", "image"]));
+    assert_eq!(node(&s, "spec")["required"], json!(["image"]));
+    assert_eq!(
+        node(&s, "spec.source")["required"],
+        json!(["key", "sha256"])
+    );
+}
+
+/// The CEL rule's pattern is the engine's grammar, so admission and the controller agree.
+#[test]
+fn reference_patterns_are_the_engines() {
+    use fim_engine::image::reference as engine;
+    assert_eq!(REFERENCE_PATTERN, engine::REFERENCE_PATTERN);
+    assert_eq!(DIGEST_PATTERN, engine::DIGEST_PATTERN);
 }
 
 /// Every CEL rule compiles, uses only CRD variables and stays within the apiserver's cost budget,
@@ -154,7 +171,7 @@ fn every_cel_rule_compiles_and_is_cheap() {
         collect_rules(&s, &compiled, "", &mut problems, &mut total);
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
-    assert_eq!(total, 9, "number of CEL rules changed; update this test");
+    assert_eq!(total, 14, "number of CEL rules changed; update this test");
 }
 
 fn collect_rules(
@@ -285,19 +302,78 @@ fn bad_file_integrities_are_refused_with_the_field_named() {
 fn bad_snapshots_are_refused_with_the_field_named() {
     let s = schema::<Snapshot>();
     let base = sample_json("snapshot.yaml");
-    assert_eq!(
-        refusals(&s, base.clone(), json!({"spec": {"image": ""}})),
-        ["spec.image must not be empty"]
-    );
-    assert_eq!(
-        refusals(&s, base.clone(), json!({"spec": {"hashes": ""}})),
-        ["spec.hashes must not be empty"]
-    );
-    assert_eq!(
-        refusals(&s, base.clone(), json!({"spec": {"hashes": "YWJj="}})),
-        ["spec.hashes must be padded base64 (length a multiple of 4)"]
-    );
-    assert!(refusals(&s, base, json!({"spec": {"hashes": "YQ=="}})).is_empty());
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let reference = "spec.image must be an image reference like registry:5000/team/app:1.2 or app@sha256:<64 hex>";
+    let cases = [
+        (
+            json!({"spec": {"image": ""}}),
+            "spec.image must not be empty",
+        ),
+        (json!({"spec": {"image": "App:1"}}), reference),
+        (json!({"spec": {"image": "app:"}}), reference),
+        (json!({"spec": {"image": "app@sha256:abc"}}), reference),
+        (json!({"spec": {"image": "host:port/app"}}), reference),
+        (
+            json!({"spec": {"imageDigest": "sha256:ABC"}}),
+            "spec.imageDigest must be sha256:<64 lowercase hex> or sha512:<128 lowercase hex>",
+        ),
+        (
+            json!({"spec": {"hashes": ""}}),
+            "spec.hashes must not be empty",
+        ),
+        (
+            json!({"spec": {"hashes": "YWJj="}}),
+            "spec.hashes must be padded base64 (length a multiple of 4)",
+        ),
+        (
+            json!({"spec": {"hashes": null}}),
+            "spec.hashes or spec.source must be set (exactly one of them)",
+        ),
+        (
+            json!({"spec": {"source": {"key": "k", "sha256": "a".repeat(64)}}}),
+            "spec.hashes or spec.source must be set (exactly one of them)",
+        ),
+        (
+            json!({"spec": {"hashes": null, "source": {"key": "/k", "sha256": "a".repeat(64)}}}),
+            "spec.source.key must be a non-empty key without a leading /",
+        ),
+        (
+            json!({"spec": {"hashes": null, "source": {"key": "k", "sha256": "A".repeat(64)}}}),
+            "spec.source.sha256 must be 64 lowercase hex digits",
+        ),
+    ];
+    // A null in a change removes the field (as a merge patch does).
+    let apply = |change: &Value| {
+        let mut object = base.clone();
+        merge(&mut object, change.clone());
+        object["spec"]
+            .as_object_mut()
+            .unwrap()
+            .retain(|_, v| !v.is_null());
+        object
+    };
+    for (change, message) in cases {
+        assert_eq!(
+            refusals(&s, apply(&change), json!({})),
+            [message],
+            "{change}"
+        );
+    }
+    for change in [
+        json!({"spec": {"hashes": "YQ=="}}),
+        json!({"spec": {"image": "registry:5000/app:1"}}),
+        json!({"spec": {"image": "ghcr.io/a/b/c:tag", "imageDigest": digest}}),
+        json!({"spec": {"image": "nginx"}}),
+        json!({"spec": {"image": format!("app@{digest}")}}),
+        json!({"spec": {"image": format!("host/app:tag@{digest}")}}),
+        json!({"spec": {"hashes": null, "source": {"key": "ns/docker.io/library/app/1.sha256", "sha256": "a".repeat(64)}}}),
+    ] {
+        assert_eq!(
+            refusals(&s, apply(&change), json!({})),
+            Vec::<String>::new(),
+            "{change}"
+        );
+    }
 }
 
 #[test]

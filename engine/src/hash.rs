@@ -17,7 +17,8 @@ pub enum Algorithm {
     Sha384,
     Sha512,
     Blake3,
-    /// belt-hash, STB 34.101.31 (integrity-sum's BEE2 option).
+    /// bash-hash, STB 34.101.77 with a 256-bit digest: integrity-sum's BEE2 option, which calls
+    /// bee2's `bashHash` at security level 128.
     Bee2,
 }
 
@@ -97,7 +98,7 @@ enum AnyHasher {
     Sha384(sha2::Sha384),
     Sha512(sha2::Sha512),
     Blake3(Box<blake3::Hasher>),
-    Bee2(belt_hash::BeltHash),
+    Bee2(bash_hash::BashHash256),
 }
 
 impl AnyHasher {
@@ -206,7 +207,7 @@ mod tests {
     }
 
     // Published test vectors: RFC 1321 (MD5), FIPS 180-2 examples (SHA family), the BLAKE3
-    // reference test vectors, and STB 34.101.31-2011 Table A.23 (belt-hash).
+    // reference test vectors; STB 34.101.77-2020 (bash-hash) below.
     #[test]
     fn published_vectors_for_abc() {
         assert_eq!(
@@ -260,24 +261,42 @@ mod tests {
         );
     }
 
+    /// The first 128 bytes of table A.1 of STB 34.101.77-2020 (the standard's example input X).
+    const STB_X: &str = concat!(
+        "b194bac80a08f53b366d008e584a5de48504fa9d1bb6c7ac252e72c202fdce0d",
+        "5be3d61217b96181fe6786ad716b890b5cb0c0ff33c356b835c405aed8e07f99",
+        "e12bdc1ae28257ec703fccf095ee8df1c1ab76389fe678caf7c6f860d5bb9c4f",
+        "f33c657b637c306add4ea7799eb23d313e98b56e27d3bccf591e181f4c5ab793",
+    );
+
     #[test]
-    fn belt_hash_vectors_from_stb_34_101_31() {
-        // Table A.23, examples 1 and 2: the first 13 and 32 bytes of the standard's table A.1.
-        let x = hex::decode(
-            "b194bac80a08f53b366d008e584a5de48504fa9d1bb6c7ac252e72c202fdce0d5be3d61217b96181fe6786ad716b890b",
-        )
-        .unwrap();
+    fn bash_hash_vectors_from_stb_34_101_77() {
+        // Table A.3, bash-hash at level 128 (256-bit output): empty input, the first 127 bytes
+        // and the first 128 bytes (exactly one block, so padding adds a whole block) of X.
+        let x = hex::decode(STB_X).unwrap();
+        assert_eq!(x.len(), 128);
         assert_eq!(
-            hex_of(Algorithm::Bee2, &x[..13]),
-            "abef9725d4c5a83597a367d14494cc2542f20f659ddfecc961a3ec550cba8c75"
+            hex_of(Algorithm::Bee2, b""),
+            "114c3dfae373d9bcbc3602d6386f2d6a2059ba1bf9048dbaa5146a6cb775709d"
         );
         assert_eq!(
+            hex_of(Algorithm::Bee2, &x[..127]),
+            "3d7f4efa00e9ba33feed259986567dcf5c6d12d51057a968f14f06cc0f905961"
+        );
+        assert_eq!(
+            hex_of(Algorithm::Bee2, &x),
+            "d7f428311254b8b2d00f7f9eefbd8f3025fa87c4babd1bddbe87e35b7ac80dd6"
+        );
+    }
+
+    #[test]
+    fn bee2_is_not_belt_hash() {
+        // belt-hash (STB 34.101.31, Table A.23) of the first 32 bytes of the same X: what kube-fim
+        // used to compute under this name, which no integrity-sum snapshot can match.
+        let x = hex::decode(STB_X).unwrap();
+        assert_ne!(
             hex_of(Algorithm::Bee2, &x[..32]),
             "749e4c3653aece5e48db4761227742eb6dbe13f4a80f7beff1a9cf8d10ee7786"
-        );
-        assert_eq!(
-            hex_of(Algorithm::Bee2, &x[..48]),
-            "9d02ee446fb6a29fe5c982d4b13af9d3e90861bc4cef27cf306bfb0b174a154a"
         );
     }
 

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod display;
 pub mod entry;
 pub mod hash;
+pub mod image;
 pub mod report;
 pub mod root;
 pub mod rules;

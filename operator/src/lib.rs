@@ -16,5 +16,6 @@ pub mod metrics_labels;
 pub mod phase;
 pub mod reinit;
 pub mod runtime;
+pub mod snapshot;
 
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@ use clap::Parser;
 use fim_operator::{
     file_integrity::{Context, FileIntegrityController, OperatorConfig, metrics::Metrics},
     runtime::{Runtime, RuntimeConfig},
+    snapshot::{SnapshotController, SnapshotMetrics},
 };
 use kube::Client;
 use tracing_subscriber::EnvFilter;
@@ -37,6 +38,8 @@ struct Args {
     /// before expiry.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     lease_seconds: u64,
+    #[command(flatten)]
+    snapshot: fim_operator::snapshot::StorageArgs,
 }
 
 #[tokio::main]
@@ -60,6 +63,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     let metrics = Arc::new(Metrics::new(runtime.registry()));
+    let snapshot_metrics = Arc::new(SnapshotMetrics::new(runtime.registry()));
+    runtime.add(SnapshotController::new(
+        client.clone(),
+        args.namespace.clone(),
+        args.snapshot.clone(),
+        snapshot_metrics,
+    ));
     let ctx = Arc::new(Context::new(
         client,
         metrics,

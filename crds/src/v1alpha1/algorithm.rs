@@ -36,7 +36,7 @@ pub enum Algorithm {
     Sha384,
     #[serde(rename = "SHA512")]
     Sha512,
-    // STB 34.101.31-2011 (belt-hash).
+    // bash-hash, STB 34.101.77-2020, 256-bit (integrity-sum's BEE2: bee2's bashHash at level 128).
     #[serde(rename = "BEE2")]
     Bee2,
 }

@@ -16,4 +16,7 @@ pub use node_status::{
     ContainerResult, FileIntegrityNodeStatus, FileIntegrityNodeStatusFields, MAX_CHANGED_PATHS,
     ScanCondition, ScanResult, ScanStatistics,
 };
-pub use snapshot::{BASE64_PATTERN, Snapshot, SnapshotSpec, SnapshotStatus};
+pub use snapshot::{
+    BASE64_PATTERN, DIGEST_PATTERN, MAX_INLINE_HASHES, REFERENCE_PATTERN, Snapshot, SnapshotSource,
+    SnapshotSpec, SnapshotStatus,
+};
