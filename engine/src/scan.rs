@@ -203,14 +203,6 @@ pub fn scan(
         baseline_digest: baseline.as_ref().map(|b| b.digest.clone()),
         ..Outcome::default()
     };
-    for issue in walk_issues {
-        keep(
-            &mut outcome.issues,
-            issue,
-            opts.max_listed,
-            &mut outcome.unlisted.issues,
-        );
-    }
     if let Some(p) = &opts.progress {
         p.start(None);
     }
@@ -255,8 +247,16 @@ pub fn scan(
         outcome.written_digest = Some(out.finish()?);
     }
     // Directories the walk could not read come first, then entries that could not be read.
-    let collect_issues = std::mem::replace(&mut outcome.issues, walk_issues);
-    outcome.issues.extend(collect_issues);
+    // Both within the listing cap: issues past it are counted, not listed.
+    let collect_issues = std::mem::take(&mut outcome.issues);
+    for issue in walk_issues.into_iter().chain(collect_issues) {
+        keep(
+            &mut outcome.issues,
+            issue,
+            opts.max_listed,
+            &mut outcome.unlisted.issues,
+        );
+    }
     outcome.stats.duration = started.elapsed();
     Ok(outcome)
 }
