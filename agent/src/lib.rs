@@ -5,3 +5,4 @@ pub mod daemon;
 pub mod failure_report;
 pub mod progress;
 pub mod realtime;
+pub mod syslog;
