@@ -317,7 +317,10 @@ pub fn parse_content(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (n, &(_, value_start, k)) in starts.iter().enumerate() {
         let end = starts.get(n + 1).map_or(s.len(), |next| next.0 - 1);
-        out.push((k.to_owned(), s[value_start..end.max(value_start)].to_owned()));
+        out.push((
+            k.to_owned(),
+            s[value_start..end.max(value_start)].to_owned(),
+        ));
     }
     out
 }
@@ -406,7 +409,10 @@ mod tests {
             rfc3339_time(at("2026-01-02T03:04:05.123456789Z")),
             "2026-01-02T03:04:05.123457Z"
         );
-        assert_eq!(rfc3339_time(at("2026-01-02T03:04:05Z")), "2026-01-02T03:04:05Z");
+        assert_eq!(
+            rfc3339_time(at("2026-01-02T03:04:05Z")),
+            "2026-01-02T03:04:05Z"
+        );
     }
 
     #[test]
@@ -430,8 +436,7 @@ mod tests {
             for format in [Format::Rfc3164, Format::Rfc5424] {
                 let l = line(format, &origin(), &e);
                 assert!(
-                    !l.chars()
-                        .any(|c| c.is_control() || is_format_char(c)),
+                    !l.chars().any(|c| c.is_control() || is_format_char(c)),
                     "{l:?}"
                 );
                 // The content: the same ten fields in order, and the file decodes back.

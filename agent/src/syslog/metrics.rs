@@ -36,11 +36,8 @@ impl SyslogMetrics {
             "Failed connections or writes to the syslog server (retried)",
         )
         .expect("valid counter");
-        let queued = IntGauge::new(
-            "fim_agent_syslog_queued",
-            "Syslog lines waiting to be sent",
-        )
-        .expect("valid gauge");
+        let queued = IntGauge::new("fim_agent_syslog_queued", "Syslog lines waiting to be sent")
+            .expect("valid gauge");
         for t in EventType::ALL {
             sent.with_label_values(&[t.code()]);
         }

@@ -6,6 +6,7 @@
 
 pub mod format;
 pub mod metrics;
+pub mod node;
 pub mod sender;
 
 use std::collections::BTreeMap;
@@ -204,20 +205,31 @@ mod tests {
     #[test]
     fn past_the_cap_one_line_counts_the_rest() {
         let mut a = NodeAlerts::default();
-        let items: Vec<(String, &str)> = (0..1005).map(|i| (format!("/f{i:05}"), "added")).collect();
+        let items: Vec<(String, &str)> =
+            (0..1005).map(|i| (format!("/f{i:05}"), "added")).collect();
         let refs: Vec<(&str, &str)> = items.iter().map(|(p, w)| (p.as_str(), *w)).collect();
-        let lines = a.events(&fp(&refs), &id(), "c", Timestamp::UNIX_EPOCH, MAX_LINES_PER_SCAN);
+        let lines = a.events(
+            &fp(&refs),
+            &id(),
+            "c",
+            Timestamp::UNIX_EPOCH,
+            MAX_LINES_PER_SCAN,
+        );
         assert_eq!(lines.len(), 1001);
         assert!(lines[..1000].iter().all(|e| e.kind == EventType::New));
         let last = &lines[1000];
         assert_eq!(last.kind, EventType::Truncated);
         assert!(
-            last.message.starts_with("5 more findings not sent (at most 1000 lines per scan)"),
+            last.message
+                .starts_with("5 more findings not sent (at most 1000 lines per scan)"),
             "{}",
             last.message
         );
         // They count as sent: the next scan does not flood either.
-        assert!(a.events(&fp(&refs), &id(), "c", Timestamp::UNIX_EPOCH, 1000).is_empty());
+        assert!(
+            a.events(&fp(&refs), &id(), "c", Timestamp::UNIX_EPOCH, 1000)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -246,7 +246,12 @@ fn tls_config(ca_pem: &[u8]) -> std::io::Result<rustls::ClientConfig> {
 }
 
 /// Writes one line, unless the server has closed the connection.
-async fn write_event(conn: &mut Conn, c: &Config, origin: &Origin, e: &Event) -> std::io::Result<()> {
+async fn write_event(
+    conn: &mut Conn,
+    c: &Config,
+    origin: &Origin,
+    e: &Event,
+) -> std::io::Result<()> {
     if conn.closed() {
         return Err(std::io::Error::other("closed by the server"));
     }
@@ -277,9 +282,10 @@ async fn send_loop(
         let mut conn = match tokio::time::timeout(IO_TIMEOUT, Conn::open(&c)).await {
             Ok(Ok(conn)) => conn,
             failed => {
-                let e = failed.map_or_else(|_| "timed out".to_owned(), |r| {
-                    r.err().map(|e| e.to_string()).unwrap_or_default()
-                });
+                let e = failed.map_or_else(
+                    |_| "timed out".to_owned(),
+                    |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+                );
                 metrics.errors.inc();
                 tracing::warn!(host = %c.host, port = c.port, "syslog: cannot connect (retrying in {backoff:?}): {e}");
                 // A new configuration cuts the wait short.
