@@ -88,7 +88,10 @@ fn file_integrity_schema_has_rules_and_defaults() {
         json!(["newline", "octetCounting"])
     );
     assert_eq!(node(&s, &format!("{syslog}.protocol"))["default"], "tcp");
-    assert_eq!(node(&s, &format!("{syslog}.heartbeatSeconds"))["default"], 1200);
+    assert_eq!(
+        node(&s, &format!("{syslog}.heartbeatSeconds"))["default"],
+        1200
+    );
     assert_eq!(
         node(&s, syslog)["x-kubernetes-validations"][0]["fieldPath"],
         ".caSecret"
@@ -265,7 +268,6 @@ fn bad_file_integrities_are_refused_with_the_field_named() {
             json!({"spec": {"alerts": {"syslog": {"heartbeatSeconds": 0}}}}),
             "spec.alerts.syslog.heartbeatSeconds must be at least 1",
         ),
-
     ];
     // TLS needs a CA; the other transports do not.
     let mut no_ca = base.clone();
