@@ -590,3 +590,81 @@ async fn heartbeats_keep_their_cadence() {
         assert!((1..=2).contains(&d), "{secs:?}");
     }
 }
+
+fn entry(path: &[u8]) -> fim_engine::entry::Entry {
+    use fim_engine::attrs::AttrSet;
+    use fim_engine::entry::{Entry, FileType, Stat};
+    Entry {
+        path: path.into(),
+        ftype: FileType::Regular,
+        attrs: AttrSet::default(),
+        stat: Stat::default(),
+        link_target: None,
+        xattrs: None,
+        e2fsattrs: None,
+        hashes: Vec::new(),
+        error: None,
+    }
+}
+
+/// The daemon's hook: a scan's findings become one line each, once, capped per scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_findings_are_sent_once_and_capped() {
+    use fim_agent::daemon::findings::Findings;
+    use fim_agent::syslog::node::NodeSink;
+    use fim_engine::scan::Outcome;
+
+    let r = Rsyslog::start(None, None);
+    let m = SyslogMetrics::new();
+    let s = Syslog::start(identity(), 5000, m.clone());
+    let mut sink = NodeSink::new(s.clone(), identity());
+    // Not configured yet: nothing queued, nothing remembered.
+    let first = Findings::from_outcome(&Outcome {
+        added: vec![entry(FORGERY)],
+        removed: vec![entry(b"/etc/old")],
+        ..Outcome::default()
+    });
+    sink.findings(&first);
+    s.configure(Some(config(
+        r.tcp,
+        Transport::Tcp,
+        Framing::OctetCounting,
+        Format::Rfc3164,
+    )));
+    r.wait_for(1); // heartbeat
+    sink.findings(&first);
+    sink.findings(&first); // the next periodic check: nothing new
+    let got = r.wait_for(3);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert_eq!(got[1]["kv"]["event-type"], "0002");
+    assert_eq!(
+        format::unescape_value(got[1]["kv"]["file"].as_str().unwrap()),
+        FORGERY
+    );
+    assert_eq!(got[1]["kv"]["service"], "worker-fileintegrity");
+    assert_eq!(got[1]["kv"]["message"], "Check node worker-1");
+    assert_eq!(got[2]["kv"]["event-type"], "0003");
+    assert_eq!(got[2]["kv"]["file"], "/etc/old");
+
+    // 1,005 new files in one scan: 1,000 lines and one counting the rest.
+    let many = Findings::from_outcome(&Outcome {
+        added: (0..1005)
+            .map(|i| entry(format!("/usr/bin/f{i:04}").as_bytes()))
+            .collect(),
+        ..Outcome::default()
+    });
+    sink.findings(&many);
+    let got = r.wait_for(3 + 1001);
+    assert_eq!(got.len(), 3 + 1001);
+    assert!(got[3..1003].iter().all(|l| l["kv"]["event-type"] == "0002"));
+    assert_eq!(got[1003]["kv"]["event-type"], "0005");
+    assert!(
+        got[1003]["kv"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("5 more findings not sent"),
+        "{:#}",
+        got[1003]
+    );
+    assert_eq!(m.sent.with_label_values(&["0002"]).get(), 1001);
+}
