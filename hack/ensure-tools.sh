@@ -5,6 +5,10 @@ set -euo pipefail
 missing=()
 command -v aide >/dev/null || missing+=(aide)
 [ -f /etc/aide/aide.conf ] || missing+=(aide-common)
+# The syslog receiver of e2e/tests/syslog.rs (TLS through the gtls driver; openssl makes its CA).
+command -v rsyslogd >/dev/null || missing+=(rsyslog)
+compgen -G '/usr/lib/*/rsyslog/lmnsd_gtls.so' >/dev/null || missing+=(rsyslog-gnutls)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v rustfmt >/dev/null || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 if [ ${#missing[@]} -gt 0 ]; then

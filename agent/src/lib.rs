@@ -6,3 +6,4 @@ pub mod failure_report;
 pub mod progress;
 pub mod realtime;
 pub mod snapshot_store;
+pub mod syslog;

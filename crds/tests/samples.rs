@@ -12,7 +12,7 @@ use kube::core::cel::{Validator, apply_defaults};
 use kube_fim_crds::{
     Algorithm, FileIntegrity, FileIntegrityConfig, FileIntegrityNodeStatus,
     FileIntegrityNodeStatusFields, FileIntegrityPhase, FileIntegritySpec, ScanCondition,
-    ScanResult, Snapshot, SyslogFormat, SyslogProtocol, default_tolerations,
+    ScanResult, Snapshot, SyslogFormat, SyslogFraming, SyslogProtocol, default_tolerations,
 };
 use serde_json::{Value, json};
 
@@ -201,11 +201,23 @@ fn full_file_integrity() {
     let syslog = spec.alerts.as_ref().unwrap().syslog.as_ref().unwrap();
     assert_eq!(syslog.host, "syslog.logging.svc");
     assert_eq!(syslog.port, 6514);
-    assert_eq!(syslog.protocol, SyslogProtocol::Tcp);
-    assert_eq!(syslog.format, SyslogFormat::Rfc3164);
+    assert_eq!(syslog.protocol, SyslogProtocol::Tls);
+    assert_eq!(syslog.format, SyslogFormat::Rfc5424);
+    assert_eq!(syslog.framing, SyslogFraming::OctetCounting);
+    assert_eq!(syslog.heartbeat_seconds, 600);
+    assert_eq!(syslog.cluster, "prod-eu");
+    assert_eq!(syslog.ca_secret.as_deref(), Some("syslog-ca"));
 
     let syslog: kube_fim_crds::SyslogAlert = serde_json::from_value(json!({"host": "h"})).unwrap();
-    assert_eq!((syslog.port, syslog.protocol), (514, SyslogProtocol::Udp));
+    assert_eq!(
+        (
+            syslog.port,
+            syslog.protocol,
+            syslog.framing,
+            syslog.heartbeat_seconds
+        ),
+        (514, SyslogProtocol::Tcp, SyslogFraming::Newline, 1200)
+    );
 }
 
 #[test]

@@ -78,11 +78,24 @@ fn file_integrity_schema_has_rules_and_defaults() {
     assert_eq!(node(&s, &format!("{syslog}.port"))["default"], 514);
     assert_eq!(
         node(&s, &format!("{syslog}.protocol"))["enum"],
-        json!(["tcp", "udp"])
+        json!(["tcp", "udp", "tls"])
     );
     assert_eq!(
         node(&s, &format!("{syslog}.format"))["enum"],
-        json!(["rfc3164"])
+        json!(["rfc3164", "rfc5424"])
+    );
+    assert_eq!(
+        node(&s, &format!("{syslog}.framing"))["enum"],
+        json!(["newline", "octetCounting"])
+    );
+    assert_eq!(node(&s, &format!("{syslog}.protocol"))["default"], "tcp");
+    assert_eq!(
+        node(&s, &format!("{syslog}.heartbeatSeconds"))["default"],
+        1200
+    );
+    assert_eq!(
+        node(&s, syslog)["x-kubernetes-validations"][0]["fieldPath"],
+        ".caSecret"
     );
     assert_eq!(node(&s, syslog)["required"], json!(["host"]));
     assert_eq!(
@@ -171,7 +184,7 @@ fn every_cel_rule_compiles_and_is_cheap() {
         collect_rules(&s, &compiled, "", &mut problems, &mut total);
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
-    assert_eq!(total, 14, "number of CEL rules changed; update this test");
+    assert_eq!(total, 16, "number of CEL rules changed; update this test");
 }
 
 fn collect_rules(
@@ -268,7 +281,29 @@ fn bad_file_integrities_are_refused_with_the_field_named() {
             json!({"spec": {"alerts": {"syslog": {"host": ""}}}}),
             "spec.alerts.syslog.host must not be empty",
         ),
+        (
+            json!({"spec": {"alerts": {"syslog": {"heartbeatSeconds": 0}}}}),
+            "spec.alerts.syslog.heartbeatSeconds must be at least 1",
+        ),
     ];
+    // TLS needs a CA; the other transports do not.
+    let mut no_ca = base.clone();
+    no_ca["spec"]["alerts"]["syslog"]
+        .as_object_mut()
+        .unwrap()
+        .remove("caSecret");
+    assert_eq!(
+        refusals(&s, no_ca.clone(), json!({})),
+        ["spec.alerts.syslog.caSecret is required when spec.alerts.syslog.protocol is tls"]
+    );
+    assert!(
+        refusals(
+            &s,
+            no_ca,
+            json!({"spec": {"alerts": {"syslog": {"protocol": "udp"}}}})
+        )
+        .is_empty()
+    );
     for (change, message) in cases {
         assert_eq!(
             refusals(&s, base.clone(), change.clone()),

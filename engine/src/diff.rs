@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use crate::attrs::AttrSet;
-use crate::entry::{Entry, FileType, Timestamp, xattr_family};
 use crate::display::{display_bytes, time_string};
+use crate::entry::{Entry, FileType, Timestamp, xattr_family};
 use crate::hash::Algorithm;
 
 /// One attribute that differs, with both values as a report shows them.
@@ -81,11 +81,7 @@ pub fn compare(old: &Entry, new: &Entry) -> Vec<AttrChange> {
         ));
     }
     if attrs.contains(AttrSet::LINKNAME) && old.link_target != new.link_target {
-        let show = |t: &Option<Box<[u8]>>| {
-            t.as_deref()
-                .map(display_bytes)
-                .unwrap_or_default()
-        };
+        let show = |t: &Option<Box<[u8]>>| t.as_deref().map(display_bytes).unwrap_or_default();
         out.push(change(
             "Link",
             show(&old.link_target),
@@ -146,13 +142,7 @@ fn family_xattrs(e: &Entry, family: AttrSet) -> impl Iterator<Item = &(Box<[u8]>
 
 fn xattrs_of(e: &Entry, family: AttrSet) -> String {
     family_xattrs(e, family)
-        .map(|(name, value)| {
-            format!(
-                "{}={}",
-                display_bytes(name),
-                base64_of(value)
-            )
-        })
+        .map(|(name, value)| format!("{}={}", display_bytes(name), base64_of(value)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -188,7 +178,6 @@ pub fn perm_string(ftype: FileType, perm: u32) -> String {
     s.push(special(0o001, 0o1000, 't', 'T'));
     s
 }
-
 
 /// AIDE's change summary `YlZbpugamcinHAXSEC` (aide.conf(5), report_summarize_changes).
 pub fn summary_string(old: &Entry, new: &Entry, changes: &[AttrChange]) -> String {

@@ -6,9 +6,9 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::attrs::AttrSet;
+use crate::display::display_bytes;
 use crate::entry::{FileType, collect_with_stat};
 use crate::hash::Algorithm;
-use crate::display::display_bytes;
 use crate::root::Root;
 use crate::rules::{Rule, Rules};
 use crate::walk::Walker;

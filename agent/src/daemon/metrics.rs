@@ -128,6 +128,11 @@ impl Metrics {
         }
     }
 
+    /// Where other parts of the agent (syslog) register their metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()

@@ -223,6 +223,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         acknowledged,
     );
     worker.initial_request = initial_request;
+    worker.syslog = Some(start_syslog(&client, &args, &metrics));
     let watch_roots = args.realtime.then(|| {
         let (tx, rx) = crossbeam_channel::unbounded();
         worker.watch_roots = Some(tx);
@@ -281,6 +282,26 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     )
     .await;
     Ok(())
+}
+
+/// Starts the syslog sender, configured from the FileIntegrity as it changes.
+fn start_syslog(
+    client: &Client,
+    args: &DaemonArgs,
+    metrics: &Metrics,
+) -> crate::syslog::node::NodeSink {
+    use crate::syslog::{metrics::SyslogMetrics, node, sender};
+    let m = SyslogMetrics::new();
+    m.register(metrics.registry()).expect("unique metric names");
+    let identity = node::identity(&args.node, &args.file_integrity, &args.namespace);
+    let syslog = sender::Syslog::start(identity.clone(), sender::DEFAULT_CAPACITY, m);
+    tokio::spawn(node::follow(
+        client.clone(),
+        args.namespace.clone(),
+        args.file_integrity.clone(),
+        syslog.clone(),
+    ));
+    node::NodeSink::new(syslog, identity)
 }
 
 /// Calls `f` until it succeeds, with exponential backoff (1 s to 30 s).

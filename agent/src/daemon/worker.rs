@@ -158,6 +158,8 @@ pub struct Worker {
     pub initial_request: Option<u64>,
     /// Where to send the trees the baseline's rules select (the realtime watcher), if watching.
     pub watch_roots: Option<crossbeam_channel::Sender<Vec<Vec<u8>>>>,
+    /// Syslog alerts for the findings (`spec.alerts.syslog`).
+    pub syslog: Option<crate::syslog::node::NodeSink>,
     state: State,
     last_full: Option<Instant>,
     sequence: u64,
@@ -190,6 +192,7 @@ impl Worker {
             acknowledged,
             initial_request: None,
             watch_roots: None,
+            syslog: None,
             state: State::NoBaseline,
             last_full: None,
             sequence: 0,
@@ -547,6 +550,9 @@ impl Worker {
         else {
             return;
         };
+        if let Some(sink) = &mut self.syslog {
+            sink.findings(findings);
+        }
         let (added, changed, removed) = findings.counts();
         for (kind, n) in [("added", added), ("changed", changed), ("removed", removed)] {
             self.metrics

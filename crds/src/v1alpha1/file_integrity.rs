@@ -236,9 +236,13 @@ pub struct Alerts {
     pub syslog: Option<SyslogAlert>,
 }
 
-/// Syslog sink (`spec.alerts.syslog`).
+/// Syslog sink (`spec.alerts.syslog`): integrity-sum's lines (see docs/agent.md) for every
+/// finding, and heartbeats.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.protocol != 'tls' || has(self.caSecret)")
+    .message("spec.alerts.syslog.caSecret is required when spec.alerts.syslog.protocol is tls")
+    .field_path(".caSecret"))]
 pub struct SyslogAlert {
     /// Host name or IP address of the syslog server.
     #[x_kube(validation = Rule::new("self != ''").message("spec.alerts.syslog.host must not be empty"))]
@@ -249,26 +253,65 @@ pub struct SyslogAlert {
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("spec.alerts.syslog.port must be between 1 and 65535"))]
     pub port: i32,
 
-    /// Transport.
+    /// Transport: `tcp` (default, as integrity-sum), `udp`, or `tls` (RFC 5425).
     #[serde(default)]
     pub protocol: SyslogProtocol,
+
+    /// Framing of TCP messages (RFC 6587); TLS always counts octets, UDP sends datagrams.
+    #[serde(default)]
+    pub framing: SyslogFraming,
 
     /// Message format.
     #[serde(default)]
     pub format: SyslogFormat,
+
+    /// Seconds between heartbeat lines (event type 0004); integrity-sum sends one every 20 minutes.
+    #[serde(default = "default_heartbeat_seconds")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.alerts.syslog.heartbeatSeconds must be at least 1"))]
+    pub heartbeat_seconds: i64,
+
+    /// Cluster name written in `cluster=`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+
+    /// Secret in the FileIntegrity's namespace whose `ca.crt` (PEM) holds the CAs trusted for
+    /// `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
 }
+
+/// Default `spec.alerts.syslog.heartbeatSeconds` (integrity-sum's 20 minutes).
+pub const DEFAULT_SYSLOG_HEARTBEAT_SECONDS: i64 = 1200;
+/// Key of the CA bundle in `spec.alerts.syslog.caSecret`.
+pub const SYSLOG_CA_KEY: &str = "ca.crt";
 
 fn default_syslog_port() -> i32 {
     DEFAULT_SYSLOG_PORT
+}
+
+fn default_heartbeat_seconds() -> i64 {
+    DEFAULT_SYSLOG_HEARTBEAT_SECONDS
 }
 
 /// Syslog transport.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SyslogProtocol {
-    Tcp,
     #[default]
+    Tcp,
     Udp,
+    Tls,
+}
+
+/// Framing of syslog over TCP (RFC 6587).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SyslogFraming {
+    /// Each message ends with a newline (what integrity-sum sends).
+    #[default]
+    Newline,
+    /// `LENGTH SP MESSAGE`.
+    OctetCounting,
 }
 
 /// Syslog message format.
@@ -277,6 +320,7 @@ pub enum SyslogProtocol {
 pub enum SyslogFormat {
     #[default]
     Rfc3164,
+    Rfc5424,
 }
 
 /// Observed state of a FileIntegrity, written by the operator.

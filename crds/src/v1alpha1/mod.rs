@@ -8,9 +8,10 @@ mod snapshot;
 pub use algorithm::{Algorithm, UnknownAlgorithm};
 pub use file_integrity::{
     Alerts, ContainerMonitoring, DEFAULT_CONFIG_KEY, DEFAULT_GRACE_PERIOD, DEFAULT_MAX_BACKUPS,
-    DEFAULT_SYSLOG_PORT, DEFAULT_TOLERATED_TAINTS, FileIntegrity, FileIntegrityConfig,
-    FileIntegrityPhase, FileIntegritySpec, FileIntegrityStatus, MIN_GRACE_PERIOD, SyslogAlert,
-    SyslogFormat, SyslogProtocol, default_tolerations,
+    DEFAULT_SYSLOG_HEARTBEAT_SECONDS, DEFAULT_SYSLOG_PORT, DEFAULT_TOLERATED_TAINTS, FileIntegrity,
+    FileIntegrityConfig, FileIntegrityPhase, FileIntegritySpec, FileIntegrityStatus,
+    MIN_GRACE_PERIOD, SYSLOG_CA_KEY, SyslogAlert, SyslogFormat, SyslogFraming, SyslogProtocol,
+    default_tolerations,
 };
 pub use node_status::{
     ContainerResult, FileIntegrityNodeStatus, FileIntegrityNodeStatusFields, MAX_CHANGED_PATHS,
