@@ -107,7 +107,7 @@ impl NodeSink {
             return;
         };
         let events = self.alerts.events(
-            &findings.fingerprint(),
+            &findings.fingerprint().0,
             &self.identity,
             &c.cluster,
             Timestamp::now(),
