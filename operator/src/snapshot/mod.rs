@@ -168,12 +168,10 @@ pub async fn run(
         failures: Mutex::new(HashMap::new()),
         snapshots: controller.store(),
     });
-    let store = controller.store();
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            ready.set();
-        }
-    });
+    // Ready once started: a Snapshot list the operator may not read (no Snapshot RBAC in a
+    // namespace) must not hold back the FileIntegrity controller's readiness. Its errors show in
+    // the Snapshot conditions and the log.
+    ready.set();
     controller
         .graceful_shutdown_on(stop.requested())
         .run(reconcile, error_policy, ctx)
