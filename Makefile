@@ -28,7 +28,7 @@ lint: tools ## Fast: shellcheck, hadolint, promtool (hack/lint.sh), then cargo f
 
 .PHONY: unit
 unit: tools ## Fast: every test that needs no cluster (unit, integration, AIDE differential, linters)
-	$(CARGO) test --workspace --exclude kube-fim-e2e
+	$(CARGO) test --no-fail-fast --workspace --exclude kube-fim-e2e
 
 .PHONY: tools
 tools: ## Install what the tests, linters and benchmarks use (AIDE, Prometheus/promtool, shellcheck, hadolint)
@@ -44,14 +44,14 @@ SUITE ?=
 
 .PHONY: e2e
 e2e: e2e-binaries cluster-up ## The end-to-end suites against the local cluster, which is stopped afterwards (SUITE=agent: one suite)
-	@status=0; $(CARGO) test -p kube-fim-e2e $(if $(SUITE),--test $(SUITE)) || status=$$?; \
+	@status=0; $(CARGO) test --no-fail-fast -p kube-fim-e2e $(if $(SUITE),--test $(SUITE)) || status=$$?; \
 	  e2e/scripts/cluster-down.sh; exit $$status
 
 # Binaries the e2e suites run as processes, built before the cluster starts so a failed build
 # leaves nothing running.
 .PHONY: e2e-binaries
 e2e-binaries:
-	$(CARGO) build -p kube-fim-operator -p kube-fim-agent
+	$(CARGO) build -p kube-fim-operator -p kube-fim-agent -p kube-fim-crds
 
 .PHONY: cluster-components
 cluster-components: ## Build the test cluster's components once (control plane, etcd, kwok, MinIO) into ~/.cache/kube-fim/bin
@@ -68,6 +68,28 @@ cluster-down: ## Stop the local test cluster and drop its data (logs stay in e2e
 .PHONY: crds
 crds: ## Regenerate config/crd/ from the Rust types
 	$(CARGO) run -q -p kube-fim-crds --bin crdgen -- config/crd
+
+# OLM (docs/olm.md). The test components opm, olm-operator, catalog-operator and bundle-validate
+# are built once from e2e/olm/go.mod into ~/.cache/kube-fim/bin.
+.PHONY: bundle
+bundle: ## Regenerate the OLM bundle bundle/ (CSV, CRDs, metadata, bundle.Dockerfile) from config/
+	$(CARGO) run -q -p kube-fim-crds --bin bundlegen
+
+.PHONY: olm-components
+olm-components: ## Build opm, olm-operator, catalog-operator and bundle-validate once (pinned in e2e/olm/go.mod)
+	@e2e/scripts/build-components.sh opm olm catalog bundle-validate
+
+.PHONY: bundle-validate
+bundle-validate: olm-components ## Check bundle/ with operator-framework/api's validators (default + operatorframework suite)
+	@source e2e/scripts/lib.sh && "$$(component_bin bundle-validate)" bundle
+
+.PHONY: catalog
+catalog: bundle olm-components ## Render the file-based catalog catalog/ from bundle/ and check it with `opm validate`
+	@hack/catalog.sh
+
+.PHONY: catalog-deploy
+catalog-deploy: olm-components ## Install kube-fim through OLM from catalog/ into the current cluster (NAMESPACE=kube-fim; starts OLM there if absent, see docs/olm.md)
+	@hack/catalog-deploy.sh
 
 # Installing kube-fim into the cluster of the current kubeconfig (KUBECONFIG, KUBECTL overridable).
 KUBECTL ?= kubectl
@@ -96,6 +118,17 @@ bench: tools ## Side-by-side benchmark against AIDE on BENCH_ROOT (default /usr)
 bench-operator: cluster-components ## Operator scale run on a separate cluster: one FileIntegrity over NODES (1000) kwok nodes
 	$(CARGO) build -p kube-fim-operator -p kube-fim-agent
 	@bench/operator-scale.sh
+
+# The agent under a flood of new files (issue 10 item 10): e2e/tests/attacks.rs's flood test with
+# FLOOD files (CI runs it with 50,000) against a cluster of its own making, peak RSS printed.
+FLOOD ?= 1000000
+
+.PHONY: bench-flood
+bench-flood: e2e-binaries cluster-components ## The agent daemon when FLOOD (1,000,000) files are added at once: Failed with all counted, peak RSS
+	@REAL_NODE=0 e2e/scripts/cluster-up.sh
+	@status=0; KUBE_FIM_FLOOD_FILES=$(FLOOD) $(CARGO) test -p kube-fim-e2e --test attacks \
+	  a_flood_of_new_files_hides_no_change_and_memory_stays_bounded -- --nocapture || status=$$?; \
+	  e2e/scripts/cluster-down.sh; exit $$status
 
 .PHONY: fmt
 fmt: ## Format the code

@@ -15,7 +15,10 @@
 #   6. changes a file on one node and shows, with the measured time, what a user sees: the node
 #      status, the Warning event, the failure report, the node_failed metric, the firing alert;
 #   7. re-inits through the annotation and shows the node back to Succeeded;
-#   8. stops everything it started, the cluster too if it started it (also on failure).
+#   8. on the real node (real-node-0: kubelet, containerd, runc; when the cluster has it): a second
+#      FileIntegrity whose agent is a real pod, built by the operator from the test image, watching
+#      a directory made for the demo on this machine; a change there turns the node Failed;
+#   9. stops everything it started, the cluster too if it started it (also on failure).
 #
 # Env: KEEP=1 leaves everything running and prints how to look around and how to stop it;
 #      KUBE_FIM_CLUSTER_DIR runs on another cluster state directory (own ports), e.g.
@@ -31,6 +34,7 @@ KEEP=${KEEP:-0}
 TIMEOUT=${TIMEOUT:-60}
 NS=kube-fim
 FI=demo
+FI_REAL=demo-real
 TAMPERED_FILE=etc/ssh/sshd_config
 STATE=$CLUSTER_STATE # from lib.sh: KUBE_FIM_CLUSTER_DIR or e2e/.cluster
 
@@ -69,6 +73,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/kube-fim-demo.XXXXXX")
 mkdir -p "$WORK/run" "$WORK/logs" "$WORK/nodes"
 CLUSTER_STARTED=0
 DEMO_OBJECTS=0
+REAL_DIR= # the real node's watched directory, on this machine (its agent pod sees it under /host)
 KUBECTL=kubectl
 WATCH_PID=
 
@@ -138,12 +143,12 @@ cleanup() {
     "$ROOT/e2e/scripts/cluster-down.sh" >/dev/null 2>&1 || log "cluster-down failed: run e2e/scripts/cluster-down.sh"
   elif ((DEMO_OBJECTS)); then
     # A cluster that was already up keeps running: remove only the demo's own objects.
-    k delete fileintegrity "$FI" -n "$NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
-    k delete configmap "$FI-rules" -n "$NS" --ignore-not-found >/dev/null 2>&1 || true
+    k delete fileintegrity "$FI" "$FI_REAL" -n "$NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+    k delete configmap "$FI-rules" "$FI_REAL-rules" -n "$NS" --ignore-not-found >/dev/null 2>&1 || true
     log "removed the demo's FileIntegrity and rules from the cluster, which stays up"
   fi
   if ((status == 0)); then
-    rm -rf "$WORK"
+    rm -rf "$WORK" "$REAL_DIR"
     log "demo finished"
   else
     log "demo FAILED (exit $status); logs of the operator, agents and Prometheus kept in $WORK/logs"
@@ -159,7 +164,7 @@ keep_message() {
   if ((CLUSTER_STARTED)); then
     down="KUBE_FIM_CLUSTER_DIR=$STATE \"$ROOT/e2e/scripts/cluster-down.sh\""
   else # the cluster was up before the demo: it stays, without the demo's objects
-    down="\"$KUBECTL\" --kubeconfig \"$KUBECONFIG\" delete fileintegrity/$FI configmap/$FI-rules -n $NS --ignore-not-found"
+    down="\"$KUBECTL\" --kubeconfig \"$KUBECONFIG\" delete fileintegrity/$FI fileintegrity/$FI_REAL configmap/$FI-rules configmap/$FI_REAL-rules -n $NS --ignore-not-found"
   fi
   cat >"$WORK/stop.sh" <<EOF
 #!/usr/bin/env bash
@@ -172,7 +177,7 @@ for pid in "\${pids[@]}"; do
   for _ in {1..200}; do [[ -d /proc/\$pid ]] || break; sleep 0.1; done
 done
 $down
-rm -rf "$WORK"
+rm -rf "$WORK" "$REAL_DIR"
 EOF
   chmod +x "$WORK/stop.sh"
   step "Everything is still running (KEEP=1)"
@@ -181,7 +186,7 @@ EOF
   "\$KUBECTL" get fi,fins -n $NS
   echo hacked >> $WORK/nodes/kwok-node-1/root/etc/hosts     # tamper with another node
   "\$KUBECTL" annotate fi $FI -n $NS fim.kubefim.io/re-init=  # accept the changes
-  curl -s 127.0.0.1:$OPERATOR_PORT/metrics | grep node_failed    # operator metrics
+  curl -sk -H "Authorization: Bearer \$(cat $METRICS_TOKEN)" https://127.0.0.1:$OPERATOR_PORT/metrics | grep node_failed    # operator metrics
   Prometheus:  http://127.0.0.1:$PROM_PORT  (ALERTS, file_integrity_operator_node_failed, fim_agent_*)
   logs:        $WORK/logs/
   stop it all: $WORK/stop.sh
@@ -190,6 +195,32 @@ EOF
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# time_to_failed FINS CMD...: runs CMD (the tampering) at CHANGED_AT and sets DETECTED to the seconds from just
+# before it to the node status FINS saying Failed (a global, not printed: in a $(...) subshell a
+# failure would leave the watch running). A watch on the status, each line stamped on arrival, is
+# started first, so the measurement is the change-to-API time, not kubectl's start-up.
+time_to_failed() {
+  local fins=$1 watch_log t_failed
+  shift
+  watch_log=$WORK/logs/watch-$fins.log
+  # Its own process group (setsid without a fork, as in start_proc), stopped as a whole.
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  setsid bash -c '"$0" get fins "$1" -n "$2" --watch -o jsonpath="{.lastResult.condition}{\"\n\"}" 2>&1 |
+    while IFS= read -r line; do printf "%s %s\n" "$(date +%s.%N)" "$line"; done' "$KUBECTL" "$fins" "$NS" \
+    </dev/null >"$watch_log" &
+  WATCH_PID=$!
+  watch_started() { [[ -s $watch_log ]] || { echo "no line yet"; return 1; }; }
+  wait_until "the watch on $fins" watch_started
+  CHANGED_AT=$(now)
+  "$@"
+  watch_failed() { grep -q ' Failed$' "$watch_log" || { tail -n1 "$watch_log"; return 1; }; }
+  wait_until "$fins to say Failed" watch_failed
+  t_failed=$(grep -m1 ' Failed$' "$watch_log" | cut -d' ' -f1)
+  kill -TERM -- "-$WATCH_PID" 2>/dev/null || true
+  WATCH_PID=
+  DETECTED=$(elapsed "$CHANGED_AT" "$t_failed")
 }
 
 # ---- 1. build and cluster -------------------------------------------------------------------
@@ -228,14 +259,23 @@ k wait --for condition=established --timeout="${TIMEOUT}s" \
   crd/fileintegrities.fim.kubefim.io crd/fileintegritynodestatuses.fim.kubefim.io >/dev/null
 apply -f "$ROOT/config/manager/namespace.yaml" | sed 's/^/  /'
 apply -k "$ROOT/config/agent" | sed 's/^/  /'
+# The metrics endpoints are HTTPS and need a token allowed to get /metrics: the reviews the
+# operator and agents send, and the reader identity the demo (curl, Prometheus) scrapes with.
+apply -f "$ROOT/config/rbac/metrics_auth_role.yaml" -f "$ROOT/config/rbac/metrics_reader_role.yaml" | sed 's/^/  /'
+apply -f "$ROOT/config/prometheus/metrics_reader.yaml" | sed 's/^/  /'
+METRICS_TOKEN=$WORK/metrics-token
+(umask 077; k create token fim-metrics-reader -n "$NS" --duration 24h >"$METRICS_TOKEN")
+# scrape PORT PATH: GET over HTTPS (self-signed: -k) with the reader's token.
+scrape() { curl -fsSk -H "Authorization: Bearer $(cat "$METRICS_TOKEN")" "https://127.0.0.1:$1$2"; }
 echo "  (config/manager's operator Deployment is skipped: the operator runs as a local process)"
 
 # ---- 3. operator and FileIntegrity ----------------------------------------------------------
 step "Starting fim-operator (local process, namespace $NS)"
 OPERATOR_PORT=$(free_port)
 start_proc operator KUBECONFIG="$KUBECONFIG" RUST_LOG=info \
-  "$OPERATOR_BIN" --namespace "$NS" --metrics-addr "127.0.0.1:$OPERATOR_PORT" --agent-image kube-fim/agent:demo
-operator_ready() { check_proc operator || return; curl -fsS "http://127.0.0.1:$OPERATOR_PORT/readyz"; }
+  "$OPERATOR_BIN" --namespace "$NS" --metrics-addr "127.0.0.1:$OPERATOR_PORT" \
+  --agent-image localhost/fim-agent:test --agent-api-server "$KUBE_APISERVER"
+operator_ready() { check_proc operator || return; curl -fsSk "https://127.0.0.1:$OPERATOR_PORT/readyz"; }
 wait_until "fim-operator to lead and be ready" operator_ready
 echo "  fim-operator pid $(cat "$WORK/run/operator.pid"), metrics on 127.0.0.1:$OPERATOR_PORT, log $WORK/logs/operator.log"
 
@@ -278,10 +318,10 @@ apply -f "$WORK/fileintegrity.yaml" | sed 's/^/  /'
 # ---- 4. one agent per node --------------------------------------------------------------------
 step "Starting one fim-agent daemon per node, each with its own root tree and a token bound to its pod"
 CA_DATA=$(k config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
-# agent_pod NODE: the Running agent pod of the FileIntegrity on NODE.
+# agent_pod NODE [FILEINTEGRITY]: the Running agent pod of the FileIntegrity ($FI) on NODE.
 agent_pod() {
   local pod
-  pod=$(k get pods -n "$NS" -l "fim.kubefim.io/owner=$FI" --field-selector "spec.nodeName=$1,status.phase=Running" \
+  pod=$(k get pods -n "$NS" -l "fim.kubefim.io/owner=${2:-$FI}" --field-selector "spec.nodeName=$1,status.phase=Running" \
     -o jsonpath='{.items[0].metadata.name}' 2>/dev/null)
   [[ -n $pod ]] && echo "$pod"
 }
@@ -358,9 +398,15 @@ rule_files:
   - '$ROOT/config/prometheus/rules.yaml'
 scrape_configs:
   - job_name: fim-operator
+    scheme: https
+    tls_config: {insecure_skip_verify: true}
+    authorization: {credentials_file: '$METRICS_TOKEN'}
     static_configs:
       - targets: ['127.0.0.1:$OPERATOR_PORT']
   - job_name: fim-agent
+    scheme: https
+    tls_config: {insecure_skip_verify: true}
+    authorization: {credentials_file: '$METRICS_TOKEN'}
     static_configs:
       - targets: [${agent_targets%, }]
 EOF
@@ -389,27 +435,10 @@ promql file_integrity_operator_node_failed | sed 's/^/    file_integrity_operato
 NODE=${NODES[0]}
 FINS=$FI-$NODE
 step "Tampering: PermitRootLogin yes in /$TAMPERED_FILE on $NODE"
-# A watch on the node's status, each line stamped on arrival, started before the change so the
-# measurement is the change-to-API time, not kubectl's start-up.
-watch_log=$WORK/logs/watch-$NODE.log
-# Its own process group (setsid without a fork, as in start_proc), stopped as a whole.
-# shellcheck disable=SC2016 # expanded by the inner bash
-setsid bash -c '"$0" get fins "$1" -n "$2" --watch -o jsonpath="{.lastResult.condition}{\"\n\"}" 2>&1 |
-  while IFS= read -r line; do printf "%s %s\n" "$(date +%s.%N)" "$line"; done' "$KUBECTL" "$FINS" "$NS" \
-  </dev/null >"$watch_log" &
-WATCH_PID=$!
-watch_started() { [[ -s $watch_log ]] || { echo "no line yet"; return 1; }; }
-wait_until "the watch on $FINS" watch_started
 show cat "$WORK/nodes/$NODE/root/$TAMPERED_FILE"
-t0=$(now)
-sed -i 's/PermitRootLogin no/PermitRootLogin yes/' "$WORK/nodes/$NODE/root/$TAMPERED_FILE"
+time_to_failed "$FINS" sed -i 's/PermitRootLogin no/PermitRootLogin yes/' "$WORK/nodes/$NODE/root/$TAMPERED_FILE"
+DETECTION=$DETECTED
 show cat "$WORK/nodes/$NODE/root/$TAMPERED_FILE"
-watch_failed() { grep -q ' Failed$' "$watch_log" || { tail -n1 "$watch_log"; return 1; }; }
-wait_until "$NODE's status to say Failed" watch_failed
-t_failed=$(grep -m1 ' Failed$' "$watch_log" | cut -d' ' -f1)
-kill -TERM -- "-$WATCH_PID" 2>/dev/null || true
-WATCH_PID=
-DETECTION=$(elapsed "$t0" "$t_failed")
 printf '\n  \033[1mdetected: %s status Failed %s s after the change\033[0m\n' "$NODE" "$DETECTION"
 
 step "What a user sees: the FileIntegrity and node statuses"
@@ -426,16 +455,17 @@ step "The failure report (ConfigMap $FI-$NODE-failed, AIDE-style)"
 show k get cm "$FI-$NODE-failed" -n "$NS" -o jsonpath='{.data.integritylog}'
 
 step "The operator's metric"
-metric_failed() { curl -fsS "http://127.0.0.1:$OPERATOR_PORT/metrics" | grep "^file_integrity_operator_node_failed{node=\"$NODE\"} 1"; }
+metric_failed() { scrape "$OPERATOR_PORT" /metrics | grep "^file_integrity_operator_node_failed{node=\"$NODE\"} 1"; }
 wait_until "node_failed 1 for $NODE" metric_failed
-printf '$ curl -s 127.0.0.1:%s/metrics | grep node_failed\n' "$OPERATOR_PORT"
-curl -fsS "http://127.0.0.1:$OPERATOR_PORT/metrics" | grep '^file_integrity_operator_node_failed' | sed 's/^/  /'
+# shellcheck disable=SC2016 # the command as the user would type it, $TOKEN unexpanded
+printf '$ curl -sk -H "Authorization: Bearer $TOKEN" https://127.0.0.1:%s/metrics | grep node_failed\n' "$OPERATOR_PORT"
+scrape "$OPERATOR_PORT" /metrics | grep '^file_integrity_operator_node_failed' | sed 's/^/  /'
 
 step "The firing alert (Prometheus, rule NodeHasIntegrityFailure)"
 alert_firing() { promql "ALERTS{alertname=\"NodeHasIntegrityFailure\",alertstate=\"firing\",node=\"$NODE\"}" | grep -q .; }
 wait_until "NodeHasIntegrityFailure firing for $NODE" alert_firing
 t_alert=$(now)
-ALERT_AFTER=$(elapsed "$t0" "$t_alert")
+ALERT_AFTER=$(elapsed "$CHANGED_AT" "$t_alert")
 printf '$ curl -s %s/api/v1/alerts\n' "$PROM"
 curl -fsS "$PROM/api/v1/alerts" | python3 -c '
 import json, sys
@@ -462,9 +492,71 @@ reinit_done() {
 wait_until "$NODE back to Succeeded" node_succeeded
 wait_until "the annotation to be acknowledged and removed" reinit_done
 show k get fi,fins -n "$NS" -o wide
-metric_ok() { curl -fsS "http://127.0.0.1:$OPERATOR_PORT/metrics" | grep "^file_integrity_operator_node_failed{node=\"$NODE\"} 0"; }
+metric_ok() { scrape "$OPERATOR_PORT" /metrics | grep "^file_integrity_operator_node_failed{node=\"$NODE\"} 0"; }
 wait_until "node_failed back to 0 for $NODE" metric_ok
 printf '  file_integrity_operator_node_failed{node="%s"} 0   (the alert resolves)\n' "$NODE"
+
+# ---- 8. the real node ------------------------------------------------------------------------------
+REAL_SUMMARY="real node: not in this cluster"
+if [[ -z ${REAL_NODE:-} ]]; then
+  step "The real node: none in this cluster"
+  echo "  cluster-up.sh starts real-node-0 (kubelet, containerd, runc) only as root and when no other"
+  echo "  cluster on this machine holds it; its log says why it was skipped: $STATE/logs/"
+else
+  FINS_REAL=$FI_REAL-$REAL_NODE
+  step "The real node $REAL_NODE: the operator's DaemonSet, run by a real kubelet, containerd and runc"
+  # A directory made for the demo on this machine (never its own /etc): the agent pod sees the
+  # host under /host and the rules name this path.
+  REAL_DIR=$(mktemp -d /var/tmp/kube-fim-demo-real.XXXXXX)
+  chmod 755 "$REAL_DIR"
+  printf 'PermitRootLogin no\nPasswordAuthentication no\n' >"$REAL_DIR/sshd_config"
+  printf 'listen 8080\n' >"$REAL_DIR/app.conf"
+  if k get fileintegrity "$FI_REAL" -n "$NS" >/dev/null 2>&1; then
+    log "removing the FileIntegrity $FI_REAL left from an earlier run"
+    k delete fileintegrity "$FI_REAL" -n "$NS" --cascade=foreground --timeout="${TIMEOUT}s" >/dev/null
+  fi
+  k create configmap "$FI_REAL-rules" -n "$NS" --dry-run=client -o yaml --from-literal=aide.conf="CONTENT = sha256+ftype+p+u+g+n+s+m+c
+DIRS = ftype+p+u+g
+$REAL_DIR d DIRS
+$REAL_DIR f CONTENT" | apply -f - >/dev/null
+  cat >"$WORK/fileintegrity-real.yaml" <<EOF
+apiVersion: fim.kubefim.io/v1alpha1
+kind: FileIntegrity
+metadata:
+  name: $FI_REAL
+  namespace: $NS
+spec:
+  nodeSelector:
+    kubernetes.io/hostname: $REAL_NODE
+  config:
+    name: $FI_REAL-rules
+    namespace: $NS
+    key: aide.conf
+    gracePeriod: 10
+    maxBackups: 2
+  realtime: true
+EOF
+  sed 's/^/  /' "$WORK/fileintegrity-real.yaml"
+  apply -f "$WORK/fileintegrity-real.yaml" | sed 's/^/  /'
+  wait_until "the agent pod on $REAL_NODE (image localhost/fim-agent:test)" agent_pod "$REAL_NODE" "$FI_REAL"
+  show k get pods -n "$NS" -l "fim.kubefim.io/owner=$FI_REAL" -o wide
+  real_succeeded() {
+    local out
+    out=$(k get fins "$FINS_REAL" -n "$NS" -o jsonpath='{.lastResult.condition}' 2>&1) || true
+    [[ $out == Succeeded ]] || { echo "$REAL_NODE: ${out:-no status yet}"; return 1; }
+  }
+  wait_until "$REAL_NODE's baseline" real_succeeded
+  show k get fins "$FINS_REAL" -n "$NS" -o jsonpath='{.nodeName}: {.lastResult.condition}, realtime watcher {.realtimeWatcher}{"\n"}'
+
+  step "Tampering on the real node: PermitRootLogin yes in $REAL_DIR/sshd_config"
+  time_to_failed "$FINS_REAL" sed -i 's/PermitRootLogin no/PermitRootLogin yes/' "$REAL_DIR/sshd_config"
+  printf '\n  \033[1mdetected by the agent pod: %s status Failed %s s after the change\033[0m\n' "$REAL_NODE" "$DETECTED"
+  show k get fins "$FINS_REAL" -n "$NS" -o jsonpath='{.lastResult}{"\n"}changedPaths: {.changedPaths}{"\n"}'
+  real_metric() { scrape "$OPERATOR_PORT" /metrics | grep "^file_integrity_operator_node_failed{node=\"$REAL_NODE\"} 1"; }
+  wait_until "node_failed 1 for $REAL_NODE" real_metric
+  scrape "$OPERATOR_PORT" /metrics | grep "^file_integrity_operator_node_failed{node=\"$REAL_NODE\"}" | sed 's/^/  /'
+  REAL_SUMMARY="real node $REAL_NODE: its agent pod saw $REAL_DIR/sshd_config change, status Failed after $DETECTED s"
+fi
 
 step "Summary"
 cat <<EOF
@@ -472,4 +564,5 @@ cat <<EOF
     node status Failed after   $DETECTION s (realtime, fanotify/inotify)
     alert firing after         $ALERT_AFTER s (Prometheus scrape + evaluation 1 s, for: 1s)
   re-init: $NODE back to Succeeded, node_failed 0
+  $REAL_SUMMARY
 EOF

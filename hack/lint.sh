@@ -38,7 +38,7 @@ done < <(find . \( -path ./.git -o -path ./target -o -path ./e2e/.cluster -o -na
 # -x -P SCRIPTDIR: follow `source`d files relative to the script; --severity=style: every finding
 # counts, as in operator/tests/demo_script.rs.
 run "shellcheck (${#scripts[@]} scripts)" "$shellcheck" -x -P SCRIPTDIR --severity=style "${scripts[@]}"
-run hadolint "$hadolint" Dockerfile.agent Dockerfile.operator
+run hadolint "$hadolint" Dockerfile.agent Dockerfile.operator bundle/bundle.Dockerfile
 run "promtool check rules" "$promtool" check rules config/prometheus/rules.yaml
 run "promtool test rules" "$promtool" test rules config/prometheus/rules_test.yaml
 

@@ -205,13 +205,24 @@ fn run(command: Command) -> Result<u8, Failure> {
 }
 
 fn run_daemon(args: fim_agent::daemon::DaemonArgs) -> Result<u8, Failure> {
-    let default = if args.debug { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt, reload, util::SubscriberInitExt};
+    let level = |debug: bool| if debug { "debug" } else { "info" };
+    // RUST_LOG, when set, fixes the filter; otherwise spec.debug switches it live.
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let (filter, handle) =
+        reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(level(args.debug))));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer())
         .init();
+    let set_debug: Option<fim_agent::daemon::SetDebug> = (!fixed).then(|| {
+        std::sync::Arc::new(move |debug: bool| {
+            if let Err(e) = handle.reload(EnvFilter::new(level(debug))) {
+                tracing::warn!("cannot change the log level: {e}");
+            }
+        }) as fim_agent::daemon::SetDebug
+    });
     // kube's rustls needs one process-wide crypto provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -223,7 +234,7 @@ fn run_daemon(args: fim_agent::daemon::DaemonArgs) -> Result<u8, Failure> {
             message: format!("cannot start the runtime: {e}"),
         })?;
     runtime
-        .block_on(fim_agent::daemon::run(args))
+        .block_on(fim_agent::daemon::run(args, set_debug))
         .map(|()| 0)
         .map_err(|e| Failure {
             code: exit::INVALID_ARGUMENT,
@@ -413,7 +424,7 @@ fn upload(
     data: &[u8],
     s: &SnapshotArgs,
 ) -> Result<kube_fim_crds::SnapshotSource, Failure> {
-    use fim_agent::snapshot_store::{self as store, Store};
+    use fim_agent::snapshot_store as store;
     let fail = |message: String| Failure {
         code: exit::WRITE_ERROR,
         message,
@@ -426,25 +437,21 @@ fn upload(
         .build()
         .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        let bucket = Store::new(&s.s3).map_err(|e| fail(e.to_string()))?;
+        let bucket = store::store(&s.s3).map_err(|e| fail(e.to_string()))?;
         if let Some(existing) = bucket.get(&key).await.map_err(|e| fail(e.to_string()))?
             && store::sha256_hex(&existing) != sha256
             && !s.force
         {
             return Err(fail(format!(
                 "s3://{}/{key} already holds other data; --force replaces it",
-                bucket.bucket
+                bucket.name
             )));
         }
         bucket
             .put(&key, data.to_vec())
             .await
             .map_err(|e| fail(e.to_string()))?;
-        eprintln!(
-            "uploaded s3://{}/{key} ({} bytes)",
-            bucket.bucket,
-            data.len()
-        );
+        eprintln!("uploaded s3://{}/{key} ({} bytes)", bucket.name, data.len());
         Ok(kube_fim_crds::SnapshotSource { key, sha256 })
     })
 }

@@ -6,7 +6,6 @@
 //! loader accepts data, from S3 or from the resource, only when its SHA-256 equals that value, so
 //! an object replaced in S3 behind the operator's back is refused.
 
-use aws_sdk_s3::primitives::ByteStream;
 use fim_engine::image::ImageRef;
 use kube::ResourceExt;
 use kube_fim_crds::{Algorithm, Snapshot, SnapshotSource, SnapshotSpec};
@@ -34,101 +33,31 @@ pub enum StoreError {
     NoEndpoint,
     #[error("S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
     NoCredentials,
-    #[error("S3 {op} s3://{bucket}/{key}: {message}")]
-    S3 {
-        op: &'static str,
-        bucket: String,
-        key: String,
-        message: String,
-    },
+    #[error(transparent)]
+    S3(#[from] fim_s3::S3Error),
 }
 
-/// An S3 bucket of snapshot objects.
-#[derive(Clone)]
-pub struct Store {
-    client: aws_sdk_s3::Client,
-    pub bucket: String,
-}
+/// The bucket of snapshot objects (the client shared with the operator, `fim_s3`).
+pub type Store = fim_s3::Bucket;
 
-impl Store {
-    /// A client for `args` (the crypto provider must be installed first).
-    pub fn new(args: &S3Args) -> Result<Store, StoreError> {
-        let endpoint = args.endpoint.as_deref().ok_or(StoreError::NoEndpoint)?;
-        let access = args
-            .access_key
-            .as_deref()
-            .ok_or(StoreError::NoCredentials)?;
-        let secret =
-            std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| StoreError::NoCredentials)?;
-        Ok(Store::with(
-            endpoint,
-            &args.region,
-            &args.bucket,
-            access,
-            &secret,
-        ))
-    }
-
-    /// A client for `bucket` at `endpoint` with these keys.
-    pub fn with(endpoint: &str, region: &str, bucket: &str, access: &str, secret: &str) -> Store {
-        let credentials =
-            aws_credential_types::Credentials::new(access, secret, None, None, "fim-agent");
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .endpoint_url(endpoint)
-            .region(aws_sdk_s3::config::Region::new(region.to_string()))
-            .credentials_provider(credentials)
-            .force_path_style(true)
-            .build();
-        Store {
-            client: aws_sdk_s3::Client::from_conf(config),
-            bucket: bucket.to_string(),
-        }
-    }
-
-    fn err(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
-        StoreError::S3 {
-            op,
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            message: e.to_string(),
-        }
-    }
-
-    /// The object's bytes; `Ok(None)` when it does not exist.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => {
-                let body = out
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| self.err("GET", key, e))?;
-                Ok(Some(body.into_bytes().to_vec()))
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(self.err("GET", key, aws_sdk_s3::error::DisplayErrorContext(e))),
-        }
-    }
-
-    pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err("PUT", key, aws_sdk_s3::error::DisplayErrorContext(e)))
-    }
+/// A client for `args`, the secret key from AWS_SECRET_ACCESS_KEY (the crypto provider must be
+/// installed first).
+pub fn store(args: &S3Args) -> Result<Store, StoreError> {
+    let endpoint = args.endpoint.as_deref().ok_or(StoreError::NoEndpoint)?;
+    let access_key = args.access_key.clone().ok_or(StoreError::NoCredentials)?;
+    let secret_key =
+        std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| StoreError::NoCredentials)?;
+    let credentials = fim_s3::Credentials {
+        access_key,
+        secret_key,
+    };
+    Ok(Store::new(
+        endpoint,
+        &args.region,
+        &args.bucket,
+        &credentials,
+        "fim-agent",
+    ))
 }
 
 /// Lowercase hex SHA-256.

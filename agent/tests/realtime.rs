@@ -240,13 +240,20 @@ fn batches_wait_for_quiet(backend: Backend) {
     for i in 0..20 {
         fs::write(r.join(format!("f{i}")), b"x").unwrap();
     }
-    // a long quiet period gathers all 20 into one batch
-    let batch = w
-        .next_batch(DEADLINE, Duration::from_millis(300), DEADLINE)
-        .expect("a batch");
-    assert!(!batch.overflow);
+    // A long quiet period gathers the burst into one batch. A writer descheduled for longer
+    // than the quiet period (a loaded CI machine) splits it, but never into one batch per file.
     let want: BTreeSet<PathBuf> = (0..20).map(|i| r.join(format!("f{i}"))).collect();
-    assert_eq!(batch.paths, want);
+    let (mut seen, mut batches) = (BTreeSet::new(), 0);
+    while seen != want {
+        let batch = w
+            .next_batch(DEADLINE, Duration::from_millis(300), DEADLINE)
+            .unwrap_or_else(|| panic!("no batch; seen {} of 20", seen.len()));
+        assert!(!batch.overflow);
+        assert!(batch.paths.is_subset(&want), "{:?}", batch.paths);
+        seen.extend(batch.paths);
+        batches += 1;
+    }
+    assert!(batches <= 3, "20 writes in {batches} batches");
 }
 
 macro_rules! per_backend {

@@ -19,12 +19,15 @@ pub const AGENT_MANAGER: &str = "fim-agent";
 
 /// Annotation on a FileIntegrity: re-initialise the baseline on its nodes; removed once handled.
 pub const REINIT: &str = "fim.kubefim.io/re-init";
+/// Annotation on a FileIntegrity: re-initialise only the nodes whose latest result is Failed
+/// (file-integrity-operator's `re-init-on-failed`); removed once the request is recorded.
+pub const REINIT_ON_FAILED: &str = "fim.kubefim.io/re-init-on-failed";
 /// Annotation on a result ConfigMap: the log is gzip-compressed and base64-encoded.
 pub const COMPRESSED: &str = "fim.kubefim.io/compressed";
 /// Annotation on a Pod: `"true"` makes the agent monitor its containers (needs `spec.containers`).
 pub const MONITOR: &str = "fim.kubefim.io/monitor";
 /// Annotation on a Pod: what to do when a monitored container is tampered with
-/// (`none`, `restart` or `rollback`; `none` when absent).
+/// (`none`, `restart`, `kill` or `rollback`; `none` when absent).
 pub const REMEDIATION: &str = "fim.kubefim.io/remediation";
 /// Annotation on a FileIntegrity: scanning is paused while present (e.g. during node updates).
 pub const HOLDOFF: &str = "fim.kubefim.io/holdoff";
@@ -61,6 +64,7 @@ mod tests {
         assert_eq!(PREFIX, format!("{GROUP}/"));
         for key in [
             REINIT,
+            REINIT_ON_FAILED,
             COMPRESSED,
             MONITOR,
             REMEDIATION,

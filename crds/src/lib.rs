@@ -4,6 +4,8 @@
 //! The Rust types are the single source of truth: `config/crd/` is generated from them and a
 //! test fails when it drifts.
 
+pub mod bundle;
+pub mod containers;
 pub mod labels;
 pub mod reinit;
 pub mod v1alpha1;

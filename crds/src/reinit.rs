@@ -19,10 +19,15 @@ pub const ACK_ANNOTATION: &str = "fim.kubefim.io/re-init-ack";
 /// A numbered re-init request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReinitRequest {
-    /// Grows by one per request, never reused.
+    /// Chosen by the operator: one more than the previous request's, or a fresh start (the
+    /// time in milliseconds) when none is recorded.
     pub id: u64,
-    /// The `fim.kubefim.io/re-init` value the request was made from.
-    pub annotation: String,
+    /// The `fim.kubefim.io/re-init` value the request covers, if the annotation was set when it
+    /// was made (`None`: made by a rule change or `re-init-on-failed` alone, so a later
+    /// `re-init` annotation is a new request, whatever its value). Records written before this
+    /// was optional hold a string, read as `Some`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotation: Option<String>,
     /// Nodes to re-initialise, fixed when the request is made.
     pub nodes: BTreeSet<String>,
     /// Every targeted node acknowledged and the user annotation was removed.
@@ -53,8 +58,9 @@ impl ReinitRequest {
     }
 
     /// Whether `node` still has to re-initialise for this request, given the id it acknowledged.
+    /// Only this request's id answers it (ids are the operator's; see the operator's `reinit`).
     pub fn pending_for(&self, node: &str, acknowledged: Option<u64>) -> bool {
-        !self.done && self.nodes.contains(node) && acknowledged.is_none_or(|a| a < self.id)
+        !self.done && self.nodes.contains(node) && acknowledged != Some(self.id)
     }
 }
 
@@ -73,26 +79,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pending_until_acknowledged_with_the_id_or_a_later_one() {
+    fn pending_until_acknowledged_with_exactly_its_id() {
         let request = ReinitRequest {
             id: 3,
-            annotation: String::new(),
+            annotation: None,
             nodes: ["a".to_owned()].into(),
             done: false,
         };
         assert!(request.pending_for("a", None));
         assert!(request.pending_for("a", Some(2)));
         assert!(!request.pending_for("a", Some(3)));
-        assert!(!request.pending_for("a", Some(4)));
+        assert!(
+            request.pending_for("a", Some(4)),
+            "only the exact id answers: an id acknowledged before a fresh start is no answer"
+        );
         assert!(!request.pending_for("b", None), "not targeted");
         assert!(!request.completed().pending_for("a", None));
+    }
+
+    #[test]
+    fn records_with_a_string_or_no_annotation_read_back() {
+        // Written before `annotation` was optional: a config request recorded "".
+        let old: ReinitRequest =
+            serde_json::from_str(r#"{"id":3,"annotation":"","nodes":["a"],"done":true}"#).unwrap();
+        assert_eq!(old.annotation.as_deref(), Some(""));
+        let none = ReinitRequest {
+            id: 4,
+            annotation: None,
+            nodes: BTreeSet::new(),
+            done: false,
+        };
+        let json = none.to_annotation();
+        assert!(!json.contains("annotation"), "{json}");
+        assert_eq!(serde_json::from_str::<ReinitRequest>(&json).unwrap(), none);
     }
 
     #[test]
     fn annotation_round_trips() {
         let request = ReinitRequest {
             id: 7,
-            annotation: "a,b".into(),
+            annotation: Some("a,b".into()),
             nodes: ["a".to_owned(), "b".to_owned()].into(),
             done: true,
         };

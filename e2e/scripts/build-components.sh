@@ -2,7 +2,7 @@
 # Builds the real test components (etcd, the Kubernetes control plane, kubectl, kwok, MinIO) from the
 # Go modules pinned under e2e/cluster/ into $KUBE_FIM_CACHE/bin/<name>-<version>/<name>.
 # Idempotent: a component whose binary is already cached is skipped, so only the first run pays.
-# Usage: build-components.sh [NAME...]   (default: all; see COMPONENTS in lib.sh)
+# Usage: build-components.sh [NAME...]   (default: all of COMPONENTS in lib.sh; OLM_COMPONENTS by name)
 # Go is used only for these test components, never for the product.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -15,13 +15,19 @@ export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false"
 ldflags_for() {
   local name=$1 version=$2 x=()
   case $name in
-    kube-* | kubectl)
+    kube-* | kubectl | kubelet)
       local minor=${version#v1.}
       minor=${minor%%.*}
       for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         x+=("-X $pkg.gitVersion=$version" "-X $pkg.gitMajor=1" "-X $pkg.gitMinor=$minor"
           "-X $pkg.gitTreeState=clean")
       done
+      ;;
+    olm | catalog)
+      x+=("-X github.com/operator-framework/operator-lifecycle-manager/pkg/version.OLMVersion=$version")
+      ;;
+    opm)
+      x+=("-X github.com/operator-framework/operator-registry/cmd/opm/version.opmVersion=$version")
       ;;
     minio)
       # A pseudo-version v0.0.0-YYYYMMDDhhmmss-<12 hex>: MinIO wants an RFC 3339 time as its version.
@@ -46,9 +52,10 @@ check_go() {
 }
 
 build_one() {
-  local name=$1 dir pkg version out tmp start
+  local name=$1 dir pkg tags version out tmp start
   dir=$CLUSTER_MOD_DIR/$(component_field "$name" 1)
   pkg=$(component_field "$name" 2)
+  tags=$(component_field "$name" 4)
   version=$(component_version "$name")
   out=$(component_bin "$name")
   if [[ -x $out ]]; then
@@ -61,7 +68,7 @@ build_one() {
   tmp=$out.tmp.$$
   log "$name $version: building $pkg (nice -n 19)"
   start=$SECONDS
-  (cd "$dir" && nice -n 19 go build -trimpath -ldflags="$(ldflags_for "$name" "$version")" -o "$tmp" "$pkg") ||
+  (cd "$dir" && nice -n 19 go build -trimpath -tags="$tags" -ldflags="$(ldflags_for "$name" "$version")" -o "$tmp" "$pkg") ||
     { rm -f "$tmp"; die "building $name failed"; }
   mv -f "$tmp" "$out"
   log "$name $version: built in $((SECONDS - start))s, $(du -h "$out" | cut -f1) -> $out"

@@ -9,11 +9,14 @@ source "$(dirname "$0")/lib.sh"
 
 STATE=$CLUSTER_STATE
 RUN=$STATE/run
-# Reverse start order: nothing loses its apiserver or etcd while it is still shutting down.
-PROCS=(minio kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+# Reverse start order: nothing loses its apiserver or etcd while it is still shutting down. opm,
+# catalog and olm are the local OLM of hack/catalog-deploy.sh.
+PROCS=(opm catalog olm minio kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 GRACE=${GRACE:-10} # seconds between SIGTERM and SIGKILL
 
 cluster_lock "$STATE"
+# The real node first: its kubelet still reaches the API server while it stops.
+"$E2E_DIR/scripts/real-node-down.sh" --quiet
 
 # Signal every component first, then wait, so they stop in parallel.
 declare -A pids=()

@@ -2,6 +2,7 @@
 # Starts a real local Kubernetes control plane and S3 for the end-to-end tests and the demo, all on
 # 127.0.0.1 with free ports: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (fake
 # nodes and kubelets) and MinIO with the bucket "integrity". Binaries come from build-components.sh.
+# Then one real node, real-node-0 (real-node-up.sh: kubelet, containerd, runc; REAL_NODE=0 skips it).
 #
 # Writes, under e2e/.cluster/ (or $KUBE_FIM_CLUSTER_DIR):
 #   kubeconfig   admin (system:masters) kubeconfig, certificates embedded
@@ -84,6 +85,7 @@ kube-fim test cluster is up ($KWOK_NODES kwok nodes, Kubernetes $(component_vers
   apiserver   $KUBE_APISERVER
   S3          $S3_ENDPOINT bucket $S3_BUCKET (MinIO $(component_version minio))
   kubectl     $KUBECTL   (matches the server; /usr/bin/kubectl may be older)
+  real node   ${REAL_NODE:-none} (kubelet $(component_version kubelet), network namespace ${REAL_NODE_NETNS:-none})
   logs        $LOGS/
   stop with   e2e/scripts/cluster-down.sh
 EOF
@@ -100,6 +102,7 @@ for p in "${PROCS[@]}"; do
   if alive "$p"; then any_alive=1; else all_alive=0; fi
 done
 if ((all_alive)) && [[ -f $STATE/env ]]; then
+  "$E2E_DIR/scripts/real-node-up.sh"
   print_summary
   [[ $(sed -n 's/^KWOK_NODES=//p' "$STATE/env") == "$NODES" ]] ||
     log "note: the running cluster was started with other NODES; run cluster-down.sh first to change it"
@@ -164,6 +167,8 @@ new_cert admin "/O=system:masters/CN=kube-fim-admin" "$client_ext"
 new_cert kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
 new_cert kube-scheduler "/CN=system:kube-scheduler" "$client_ext"
 new_cert kwok "/O=system:masters/CN=kwok" "$client_ext" # plays every kubelet: needs wide rights
+# The API server's client certificate for kubelet APIs (logs, exec) of the real node.
+new_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client_ext"
 
 # ---- ports -------------------------------------------------------------------------------------
 # Ask the kernel for free ports on 127.0.0.1 (bind port 0, all at once so they differ).
@@ -217,11 +222,14 @@ start kube-apiserver "$BIN_kube_apiserver" \
   --etcd-servers="http://127.0.0.1:$P_ETCD" \
   --cert-dir="$RUN" --tls-cert-file="$PKI/serving.crt" --tls-private-key-file="$PKI/serving.key" \
   --client-ca-file="$PKI/ca.crt" \
-  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction,PodNodeSelector \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --service-cluster-ip-range="$SERVICE_CIDR" --endpoint-reconciler-type=none \
-  --allow-privileged=true --profiling=false
+  --allow-privileged=true --profiling=false \
+  --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+  --kubelet-preferred-address-types=InternalIP,Hostname
 wait_ready kube-apiserver curl -fsS --cacert "$PKI/ca.crt" "$API/readyz"
 write_kubeconfig "$STATE/kubeconfig" admin
 export KUBECONFIG=$STATE/kubeconfig
@@ -316,6 +324,7 @@ AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 ETCD_ENDPOINT=http://127.0.0.1:$P_ETCD
 EOF
 chmod 600 "$STATE/env"
+"$E2E_DIR/scripts/real-node-up.sh"
 up_done=1
 log "cluster up in $((SECONDS - started))s"
 print_summary

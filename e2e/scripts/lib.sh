@@ -18,17 +18,29 @@ COMPONENTS=(
   "kube-controller-manager|.|k8s.io/kubernetes/cmd/kube-controller-manager|k8s.io/kubernetes"
   "kube-scheduler|.|k8s.io/kubernetes/cmd/kube-scheduler|k8s.io/kubernetes"
   "kubectl|.|k8s.io/kubernetes/cmd/kubectl|k8s.io/kubernetes"
+  "kubelet|.|k8s.io/kubernetes/cmd/kubelet|k8s.io/kubernetes" # the real node (real-node-up.sh)
   "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|sigs.k8s.io/kwok"
   "minio|minio|github.com/minio/minio|github.com/minio/minio"
 )
+# Built only on request (`make olm-components`, e2e/tests/olm.rs), not by cluster-up: the OLM install
+# test's components, one module graph (e2e/olm/go.mod). A fifth field holds Go build tags (the gpgme-free
+# signature code, so no C library is needed; the same tag opm's own Makefile sets).
+# bundle-validate is our own program there, keyed by the operator-framework/api version it links.
+OLM_COMPONENTS=(
+  "opm|../olm|github.com/operator-framework/operator-registry/cmd/opm|github.com/operator-framework/operator-registry|containers_image_openpgp"
+  "olm|../olm|github.com/operator-framework/operator-lifecycle-manager/cmd/olm|github.com/operator-framework/operator-lifecycle-manager|containers_image_openpgp"
+  "catalog|../olm|github.com/operator-framework/operator-lifecycle-manager/cmd/catalog|github.com/operator-framework/operator-lifecycle-manager|containers_image_openpgp"
+  "bundle-validate|../olm|./bundle-validate|github.com/operator-framework/api"
+)
 
-# component_field NAME INDEX: one field of NAME's COMPONENTS entry (0 name, 1 dir, 2 package, 3 module).
+# component_field NAME INDEX: one field of NAME's COMPONENTS (or OLM_COMPONENTS) entry (0 name, 1 dir,
+# 2 package, 3 module, 4 build tags).
 component_field() {
   local entry fields
-  for entry in "${COMPONENTS[@]}"; do
+  for entry in "${COMPONENTS[@]}" "${OLM_COMPONENTS[@]}"; do
     IFS='|' read -r -a fields <<<"$entry"
     if [[ ${fields[0]} == "$1" ]]; then
-      echo "${fields[$2]}"
+      echo "${fields[$2]:-}"
       return 0
     fi
   done
@@ -76,6 +88,9 @@ cluster_lock() {
   flock 9
   export KUBE_FIM_CLUSTER_LOCKED=1
 }
+
+# python_exe: the real python3 binary (not a pyenv shim), so pid_runs can recognize a Python process.
+python_exe() { python3 -c 'import os, sys; print(os.path.realpath(sys.executable))'; }
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

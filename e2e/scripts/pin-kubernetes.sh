@@ -31,6 +31,7 @@ upstream_mod=$(cd /tmp && go mod download -json "k8s.io/kubernetes@$version" | s
   echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
   echo "	k8s.io/kubernetes/cmd/kube-scheduler"
   echo "	k8s.io/kubernetes/cmd/kubectl"
+  echo "	k8s.io/kubernetes/cmd/kubelet"
   echo ")"
   echo
   echo "// Upstream replaces these with ./staging/src/... paths; use the published modules of the same release."

@@ -37,6 +37,9 @@ pub struct AgentProcess {
     pub metrics_port: u16,
     /// Flags appended to the command line (e.g. `--full-scan-every`).
     pub extra_args: Vec<String>,
+    /// `RUST_LOG` of the process (`info,fim_agent=debug` unless started with
+    /// [`AgentProcess::start_without_rust_log`]); `None` leaves it unset, so `spec.debug` decides.
+    pub rust_log: Option<String>,
     kubeconfig: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -87,6 +90,18 @@ impl AgentProcess {
         Self::start_with_args(client, spec, pod, dir, server, Vec::new(), make_tree).await
     }
 
+    /// [`AgentProcess::start`] without `RUST_LOG`: the log level follows the FileIntegrity's
+    /// `spec.debug`, as in an agent pod.
+    pub async fn start_without_rust_log(
+        client: &Client,
+        spec: AgentSpec,
+        pod: &Pod,
+        dir: &Path,
+        make_tree: impl FnOnce(&Path),
+    ) -> Result<AgentProcess> {
+        Self::start_full(client, spec, pod, dir, None, Vec::new(), None, make_tree).await
+    }
+
     /// [`AgentProcess::start`] with `extra_args` appended to the agent's command line.
     pub async fn start_with_args(
         client: &Client,
@@ -95,6 +110,30 @@ impl AgentProcess {
         dir: &Path,
         server: Option<&str>,
         extra_args: Vec<String>,
+        make_tree: impl FnOnce(&Path),
+    ) -> Result<AgentProcess> {
+        Self::start_full(
+            client,
+            spec,
+            pod,
+            dir,
+            server,
+            extra_args,
+            Some("info,fim_agent=debug".into()),
+            make_tree,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_full(
+        client: &Client,
+        spec: AgentSpec,
+        pod: &Pod,
+        dir: &Path,
+        server: Option<&str>,
+        extra_args: Vec<String>,
+        rust_log: Option<String>,
         make_tree: impl FnOnce(&Path),
     ) -> Result<AgentProcess> {
         let base = dir.join(&spec.node);
@@ -115,6 +154,7 @@ impl AgentProcess {
             db_dir,
             metrics_port: free_port()?,
             extra_args,
+            rust_log,
             kubeconfig,
             child: None,
             log,
@@ -161,8 +201,11 @@ impl AgentProcess {
         command
             .args(&args)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,fim_agent=debug")
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null());
+        if let Some(filter) = &self.rust_log {
+            command.env("RUST_LOG", filter);
+        }
         command
     }
 
@@ -225,6 +268,11 @@ impl AgentProcess {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The agent's whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The agent's log so far (for failure messages).

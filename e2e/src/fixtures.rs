@@ -33,8 +33,14 @@ pub fn agent_binary() -> PathBuf {
     binary("fim-agent", "kube-fim-agent")
 }
 
-/// `<target dir>/debug/<name>`, built from `package` (`make e2e` builds both).
+/// `<target dir>/debug/<name>`, built from `package` (`make e2e` builds both), or
+/// `$KUBE_FIM_BIN_DIR/<name>` when set (private copies, when several worktrees share a target dir).
 pub fn binary(name: &str, package: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("KUBE_FIM_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        assert!(path.is_file(), "{} is missing", path.display());
+        return path;
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|p| {
@@ -76,7 +82,26 @@ impl Operator {
         Operator::spawn(namespace, Some(identity), extra_args)
     }
 
+    /// The operator watching `namespace` with agents from `agent_image` (a real image, for the
+    /// real node), with `extra_args`.
+    pub fn start_with_agent_image(
+        namespace: &str,
+        agent_image: &str,
+        extra_args: &[&str],
+    ) -> Operator {
+        Operator::spawn_with(namespace, None, agent_image, extra_args)
+    }
+
     fn spawn(namespace: &str, identity: Option<&str>, extra_args: &[&str]) -> Operator {
+        Operator::spawn_with(namespace, identity, "kube-fim/agent:e2e", extra_args)
+    }
+
+    fn spawn_with(
+        namespace: &str,
+        identity: Option<&str>,
+        agent_image: &str,
+        extra_args: &[&str],
+    ) -> Operator {
         let metrics_port = free_port().unwrap();
         let logs = state_dir().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
@@ -93,7 +118,7 @@ impl Operator {
                 "--metrics-addr",
                 &format!("127.0.0.1:{metrics_port}"),
                 "--agent-image",
-                "kube-fim/agent:e2e",
+                agent_image,
             ])
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig_path())
@@ -115,27 +140,15 @@ impl Operator {
         }
     }
 
-    /// GET `path` on the metrics and health endpoint: (status code, body).
+    /// GET `path` on the metrics and health endpoint over HTTPS: (status code, body). `/metrics`
+    /// is asked with the shared scraper's token (`fim-metrics-reader`); health endpoints with
+    /// none, as the kubelet's probes.
     pub async fn get(&self, path: &str) -> crate::Result<(u16, String)> {
-        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
-        tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let mut resp = agent
-                .get(&url)
-                .call()
-                .map_err(|e| crate::E2eError::Other(format!("GET {url}: {e}")))?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .body_mut()
-                .read_to_string()
-                .map_err(|e| crate::E2eError::Other(format!("GET {url}: {e}")))?;
-            Ok((status, body))
-        })
-        .await
-        .map_err(|e| crate::E2eError::Other(e.to_string()))?
+        if path.starts_with("/metrics") {
+            return crate::metrics::scrape(self.metrics_port, path).await;
+        }
+        let r = crate::metrics::https_get(self.metrics_port, path, None).await?;
+        Ok((r.status, r.body))
     }
 
     /// `/readyz` as (code, body); an unreachable operator is (0, error).
@@ -326,6 +339,11 @@ pub async fn grant_agent_rbac(client: &Client, ns: &str) {
                 }]),
             },
         )
+        .await
+        .unwrap();
+    // The agent's metrics endpoint reviews scrapers' tokens (as config/rbac binds kube-fim's).
+    crate::metrics::apply_metrics_roles(client).await.unwrap();
+    crate::metrics::bind_cluster_role(client, ns, "fim-agent", crate::metrics::AUTH_ROLE)
         .await
         .unwrap();
 }

@@ -17,9 +17,13 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
 pub mod agents;
+pub mod containers;
 pub mod fixtures;
+pub mod metrics;
 pub mod prometheus;
 pub mod proxy;
+pub mod real_node;
+pub mod rsyslog;
 
 /// Why an e2e helper could not do its job.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,40 @@ fn manifest_dir() -> PathBuf {
 /// The repository root (for config/crd and friends).
 pub fn repo_root() -> PathBuf {
     manifest_dir().join("..")
+}
+
+/// Runs `program` in the repository root, without make's jobserver variables (a script that runs
+/// make starts its own); returns (success, stdout, stderr).
+pub fn run_in_repo(
+    program: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(repo_root())
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`run_in_repo`], failing the test with both outputs unless it succeeds; returns stdout.
+pub fn must_run(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let (ok, stdout, stderr) = run_in_repo(program, args, env);
+    assert!(
+        ok,
+        "{} {args:?} failed:\n{stdout}\n{stderr}",
+        program.display()
+    );
+    stdout
 }
 
 /// `KEY=VALUE` lines of `e2e/.cluster/env`.
@@ -219,8 +257,9 @@ pub enum Poll<T> {
     Pending(String),
 }
 
-/// An S3 client for the MinIO that cluster-up started (path-style addressing), and its bucket.
-pub async fn s3() -> Result<(aws_sdk_s3::Client, String)> {
+/// kube-fim's S3 client (`fim_s3`) for the MinIO that cluster-up started: its default bucket,
+/// or `bucket` when given.
+pub fn s3(bucket: Option<&str>) -> Result<fim_s3::Bucket> {
     install_crypto_provider();
     let env = cluster_env()?;
     let get = |k: &str| {
@@ -231,21 +270,21 @@ pub async fn s3() -> Result<(aws_sdk_s3::Client, String)> {
             ))
         })
     };
-    let credentials = aws_credential_types::Credentials::new(
-        get("AWS_ACCESS_KEY_ID")?,
-        get("AWS_SECRET_ACCESS_KEY")?,
-        None,
-        None,
+    let credentials = fim_s3::Credentials {
+        access_key: get("AWS_ACCESS_KEY_ID")?,
+        secret_key: get("AWS_SECRET_ACCESS_KEY")?,
+    };
+    let bucket = match bucket {
+        Some(b) => b.to_owned(),
+        None => get("S3_BUCKET")?,
+    };
+    Ok(fim_s3::Bucket::new(
+        &get("S3_ENDPOINT")?,
+        &get("AWS_REGION")?,
+        &bucket,
+        &credentials,
         "kube-fim-e2e",
-    );
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(get("S3_ENDPOINT")?)
-        .region(aws_sdk_s3::config::Region::new(get("AWS_REGION")?))
-        .credentials_provider(credentials)
-        .force_path_style(true)
-        .build();
-    Ok((aws_sdk_s3::Client::from_conf(config), get("S3_BUCKET")?))
+    ))
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for test processes).

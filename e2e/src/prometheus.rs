@@ -1,4 +1,5 @@
-//! A real Prometheus (Debian's package) started for one test, scraping the targets it is given, and
+//! A real Prometheus (Debian's package) started for one test, scraping the targets it is given
+//! (over HTTPS with the scraper's bearer token, as the secure metrics endpoints require), and
 //! answering instant queries through its HTTP API.
 
 use std::path::PathBuf;
@@ -14,9 +15,34 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `targets` (`host:port`) every second, plus any `rule_files`, and
+    /// Starts Prometheus scraping `targets` (`host:port`, kube-fim metrics endpoints: HTTPS,
+    /// self-signed, with the shared scraper's token) every second, plus any `rule_files`, and
     /// waits until it is ready.
     pub async fn start(targets: &[String], rule_files: &[PathBuf]) -> Result<Prometheus> {
+        let token = crate::metrics::scraper_token().await?;
+        let targets_yaml: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        Prometheus::start_with(
+            |dir| {
+                let token_file = dir.join("token");
+                std::fs::write(&token_file, &token)?;
+                Ok(format!(
+                    "  - job_name: e2e\n    scheme: https\n    tls_config:\n      insecure_skip_verify: true\n    authorization:\n      credentials_file: '{}'\n    static_configs:\n      - targets: [{}]\n",
+                    token_file.display(),
+                    targets_yaml.join(", ")
+                ))
+            },
+            rule_files,
+        )
+        .await
+    }
+
+    /// Starts Prometheus with the `scrape_configs` entries `scrape` returns (YAML list items,
+    /// indented by two spaces; `scrape` may write files they refer to into the directory it is
+    /// given), plus any `rule_files`, every second, and waits until it is ready.
+    pub async fn start_with(
+        scrape: impl FnOnce(&std::path::Path) -> std::io::Result<String>,
+        rule_files: &[PathBuf],
+    ) -> Result<Prometheus> {
         let binary = which("prometheus").ok_or_else(|| {
             E2eError::Other(
                 "prometheus is not installed (Debian package `prometheus`; make test installs it)"
@@ -25,15 +51,15 @@ impl Prometheus {
         })?;
         let dir = tempfile::tempdir().map_err(|e| E2eError::Other(e.to_string()))?;
         let port = free_port()?;
-        let targets_yaml: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let scrape_configs = scrape(dir.path()).map_err(|e| E2eError::Other(e.to_string()))?;
         let rules_yaml: Vec<String> = rule_files
             .iter()
             .map(|r| format!("  - '{}'", r.display()))
             .collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: e2e\n    static_configs:\n      - targets: [{}]\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n{}",
             rules_yaml.join("\n"),
-            targets_yaml.join(", ")
+            scrape_configs
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).map_err(|e| E2eError::Other(e.to_string()))?;
@@ -96,6 +122,25 @@ impl Prometheus {
                 "unexpected prometheus answer: {body}"
             ))),
         }
+    }
+
+    /// The active scrape targets (`data.activeTargets` of `/api/v1/targets`): labels, health,
+    /// lastError.
+    pub async fn targets(&self) -> Result<Vec<serde_json::Value>> {
+        let url = format!("{}/api/v1/targets", self.url);
+        let body: serde_json::Value = tokio::task::spawn_blocking(move || {
+            ureq::get(&url)
+                .call()?
+                .body_mut()
+                .read_json::<serde_json::Value>()
+        })
+        .await
+        .map_err(|e| E2eError::Other(e.to_string()))?
+        .map_err(|e| E2eError::Other(format!("prometheus targets: {e}")))?;
+        Ok(body["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Waits until `promql` returns at least one series and gives the first sample's value.

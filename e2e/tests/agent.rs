@@ -16,7 +16,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use kube_fim_crds::{
     FileIntegrity, FileIntegrityNodeStatus, FileIntegrityPhase, ScanCondition, labels,
-    reinit::acknowledged_id,
+    reinit::{ReinitRequest, acknowledged_id},
 };
 use kube_fim_e2e::agents::{AgentProcess, AgentSpec};
 use kube_fim_e2e::fixtures::*;
@@ -173,13 +173,12 @@ impl Setup {
         self.statuses().get(&name).await.unwrap()
     }
 
-    /// Agent `i`'s `/metrics` text.
+    /// Agent `i`'s `/metrics` text (HTTPS, with the scraper's token); empty when unreachable.
     async fn agent_metrics(&self, i: usize) -> String {
-        http_get(&format!(
-            "http://127.0.0.1:{}/metrics",
-            self.agents[i].metrics_port
-        ))
-        .await
+        match kube_fim_e2e::metrics::scrape(self.agents[i].metrics_port, "/metrics").await {
+            Ok((200, body)) => body,
+            _ => String::new(),
+        }
     }
 
     /// Waits until agent `i`'s metrics satisfy `check`.
@@ -343,8 +342,14 @@ async fn a_changed_added_or_removed_file_reaches_status_report_event_metric_and_
         let report = s.failure_report(i).await;
         assert!(report.contains(path), "{report}");
 
+        // The seed's text, then the paths (changed and removed before added: issue 10, item 7).
+        let kind = match (a, c) {
+            (_, 1) => "changed",
+            (1, _) => "added",
+            _ => "removed",
+        };
         let message = format!(
-            "node {node} has changed! a:{a},c:{c},r:{r} log:{}/{cm_name}",
+            "node {node} has changed! a:{a},c:{c},r:{r} log:{}/{cm_name}; {kind}: {path}",
             s.ns.name
         );
         wait_for_event(
@@ -394,13 +399,25 @@ async fn reinit_rebaselines_acknowledges_and_prunes_backups() {
         .await;
 
     let mut digests = vec![first.spec.baseline_digest.clone().unwrap()];
+    let mut acked = Vec::new();
     for round in 1..=3u64 {
         // A different tree each round, so each baseline differs.
         fs::write(s.agents[0].root.join("etc/app/round"), round.to_string()).unwrap();
         s.annotate(labels::REINIT, Some("")).await;
+        // Ids are the operator's: wait for this round's request and its exact id (a tiny tree
+        // re-baselines in well under a poll interval: the request may already be done).
+        let fi = wait_for_fi(&s.fis(), &s.fi, "request recorded", |fi| {
+            ReinitRequest::from_file_integrity(fi)
+                .ok()
+                .flatten()
+                .is_some_and(|r| !acked.contains(&r.id))
+        })
+        .await;
+        let id = ReinitRequest::from_file_integrity(&fi).unwrap().unwrap().id;
+        acked.push(id);
         let st = s
             .wait_for_status(0, &format!("re-init {round} acknowledged"), |st| {
-                acknowledged_id(st) >= Some(round)
+                acknowledged_id(st) == Some(id)
                     && last(st) == Some((ScanCondition::Succeeded, 0, 0, 0))
             })
             .await;
@@ -442,6 +459,11 @@ async fn a_bad_config_never_costs_the_agents_their_baseline() {
     )
     .await;
     let before = s.wait_for_status(0, "Succeeded", succeeded()).await;
+    // The status says which watcher runs (the one asked for).
+    s.wait_for_status(0, "realtimeWatcher: inotify", |st| {
+        st.spec.realtime_watcher == Some(kube_fim_crds::RealtimeWatcher::Inotify)
+    })
+    .await;
     s.set_rules("/etc BOGUS_GROUP\n").await;
     let fi = s.wait_for_phase(FileIntegrityPhase::Error).await;
     let cond = fi.status.unwrap().conditions;
@@ -623,6 +645,12 @@ async fn results_found_while_the_api_server_is_unreachable_arrive_afterwards() {
     )
     .await;
     s.wait_for_status(0, "Succeeded", succeeded()).await;
+    // Scraped before the cut, as Prometheus does all along: the agent, unable to review tokens
+    // during the outage, lets in a reader it allowed recently.
+    s.wait_for_agent_metrics(0, "metrics before the cut", |body| {
+        body.contains("fim_agent_publish_errors_total")
+    })
+    .await;
 
     relay.cut();
     fs::write(
@@ -747,17 +775,92 @@ async fn detection_latency_over_a_hundred_changes() {
     fs::write(kube_fim_e2e::state_dir().join("latency.txt"), line).unwrap();
 }
 
-async fn http_get(url: &str) -> String {
-    let url = url.to_owned();
-    tokio::task::spawn_blocking(move || {
-        ureq::get(&url)
-            .call()
-            .ok()
-            .and_then(|mut r| r.body_mut().read_to_string().ok())
-            .unwrap_or_default()
+/// Issue 10, item 4 (agent half): the kubelet's probes. A working agent is live and ready, and
+/// its liveness reports the worker's progress, renewed at least every gracePeriod (10 s) by the
+/// periodic checks; an agent whose worker cannot start (its FileIntegrity does not exist) stays
+/// live (a restart would not help) but not ready, saying what it waits for. (A worker that stops
+/// progressing fails `/livez`: `fim_agent::health` unit tests, since no real input wedges it.)
+#[tokio::test]
+async fn the_agent_probes_follow_the_workers_progress() {
+    let s = Setup::new(
+        "agent-probes",
+        Options {
+            realtime: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    s.wait_for_status(0, "Succeeded", succeeded()).await;
+    let port = s.agents[0].metrics_port;
+    let (code, body) = probe(port, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("first result is published"), "{body}");
+    // Over three gracePeriods the last progress is never older than one gracePeriod.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut oldest = 0;
+    while Instant::now() < deadline {
+        let (code, body) = probe(port, "/livez").await;
+        assert_eq!(code, 200, "{body}");
+        let age: u64 = body
+            .trim()
+            .strip_prefix("ok: last progress ")
+            .and_then(|r| r.strip_suffix("s ago"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected /livez answer {body:?}"));
+        oldest = oldest.max(age);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        oldest <= 11,
+        "no progress for {oldest}s with a 10 s gracePeriod"
+    );
+
+    // A second agent process on the same node for a FileIntegrity that does not exist: its
+    // worker never starts.
+    let pods = agent_pods(&s.client, &s.ns.name, "nodes", &s.nodes[..1]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = AgentSpec {
+        file_integrity: "absent".into(),
+        ..s.agents[0].spec.clone()
+    };
+    let waiting = AgentProcess::start(
+        &s.client,
+        spec,
+        &pods[&s.nodes[0]],
+        dir.path(),
+        None,
+        node_tree,
+    )
+    .await
+    .unwrap();
+    let port = waiting.metrics_port;
+    let (code, body) = wait_for("the waiting agent's /readyz", WAIT, || async {
+        let (code, body) = probe(port, "/readyz").await;
+        Ok(if code == 0 {
+            Poll::Pending("not listening yet".to_owned())
+        } else {
+            Poll::Ready((code, body))
+        })
     })
     .await
-    .unwrap()
+    .unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not ready: the FileIntegrity"), "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, body) = probe(port, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = probe(port, "/livez").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("the worker has not started"), "{body}");
+}
+
+/// Status code and body of a probe GET over HTTPS without a token, as the kubelet sends it
+/// (`(0, error)` when nothing answers).
+async fn probe(port: u16, path: &str) -> (u16, String) {
+    match kube_fim_e2e::metrics::https_get(port, path, None).await {
+        Ok(r) => (r.status, r.body),
+        Err(e) => (0, e.to_string()),
+    }
 }
 
 /// The value of the sample `name` (with its labels, exactly) in a Prometheus text exposition.

@@ -407,36 +407,26 @@ async fn pod_bound_token_carries_the_node_and_an_admission_policy_can_use_it() {
 
 #[tokio::test]
 async fn s3_object_reads_back_identical() {
-    let (s3, bucket) = s3().await.unwrap();
+    let bucket = s3(None).unwrap();
     let key = format!("e2e/{}/blob.bin", kube_fim_e2e::unique_suffix());
     let data: Vec<u8> = (0..3 * 1024 * 1024 + 17)
         .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    s3.put_object()
-        .bucket(&bucket)
-        .key(&key)
-        .body(data.clone().into())
-        .send()
+    bucket.ensure().await.unwrap();
+    bucket.put(&key, data.clone()).await.unwrap();
+    let body = bucket
+        .get(&key)
         .await
-        .unwrap();
-    let got = s3
-        .get_object()
-        .bucket(&bucket)
-        .key(&key)
-        .send()
-        .await
-        .unwrap();
-    let body = got.body.collect().await.unwrap().into_bytes();
+        .unwrap()
+        .expect("object just written");
     assert_eq!(body.len(), data.len());
     assert!(body[..] == data[..], "object content differs");
-    s3.delete_object()
-        .bucket(&bucket)
-        .key(&key)
-        .send()
-        .await
-        .unwrap();
-    let gone = s3.get_object().bucket(&bucket).key(&key).send().await;
-    assert!(gone.is_err(), "deleted object still readable");
+    bucket.delete(&key).await.unwrap();
+    assert_eq!(
+        bucket.get(&key).await.unwrap(),
+        None,
+        "deleted object still readable"
+    );
 }
 
 #[tokio::test]
@@ -461,9 +451,17 @@ async fn prometheus_scrapes_a_local_target() {
             let _ = sock.write_all(resp.as_bytes()).await;
         }
     });
-    let prom = kube_fim_e2e::prometheus::Prometheus::start(&[target], &[])
-        .await
-        .unwrap();
+    // Plain HTTP: this exporter is the test's, not a kube-fim endpoint.
+    let prom = kube_fim_e2e::prometheus::Prometheus::start_with(
+        |_| {
+            Ok(format!(
+                "  - job_name: e2e\n    static_configs:\n      - targets: ['{target}']\n"
+            ))
+        },
+        &[],
+    )
+    .await
+    .unwrap();
     let got = prom.wait_for_value("fim_e2e_probe", WAIT).await.unwrap();
     assert_eq!(got, f64::from(value));
     let up = prom.wait_for_value("up{job=\"e2e\"}", WAIT).await.unwrap();

@@ -154,10 +154,13 @@ fn every_kustomization_builds_and_default_has_the_whole_install() {
         "RoleBinding/fim-agent",
         "ClusterRole/fim-agent",
         "ClusterRoleBinding/fim-agent",
-        "ValidatingAdmissionPolicy/fim-agent-own-node-status",
-        "ValidatingAdmissionPolicyBinding/fim-agent-own-node-status",
-        "ValidatingAdmissionPolicy/fim-agent-own-node-configmaps",
-        "ValidatingAdmissionPolicyBinding/fim-agent-own-node-configmaps",
+        "ClusterRole/fim-metrics-auth",
+        "ClusterRoleBinding/fim-metrics-auth",
+        "ClusterRole/fim-metrics-reader",
+        "ValidatingAdmissionPolicy/fim-agent-own-node-status-kube-fim",
+        "ValidatingAdmissionPolicyBinding/fim-agent-own-node-status-kube-fim",
+        "ValidatingAdmissionPolicy/fim-agent-own-node-configmaps-kube-fim",
+        "ValidatingAdmissionPolicyBinding/fim-agent-own-node-configmaps-kube-fim",
         "Deployment/fim-operator",
         "Service/fim-operator-metrics",
     ] {
@@ -209,6 +212,13 @@ fn every_kustomization_builds_and_default_has_the_whole_install() {
     assert_eq!(c["ports"][0]["containerPort"], 8585);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The metrics port is HTTPS (issue 10, item 9): the probes must say so.
+    assert_eq!(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--metrics-insecure")),
+        "{args:?}"
+    );
     let sc = &c["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -305,7 +315,7 @@ async fn make_deploy_installs_kube_fim_and_get_fi_shows_the_phase() {
         "namespace \"kube-fim\" deleted",
         "customresourcedefinition.apiextensions.k8s.io \"fileintegrities.fim.kubefim.io\" deleted",
         "deployment.apps \"fim-operator\" deleted",
-        "validatingadmissionpolicy.admissionregistration.k8s.io \"fim-agent-own-node-status\" deleted",
+        "validatingadmissionpolicy.admissionregistration.k8s.io \"fim-agent-own-node-status-kube-fim\" deleted",
     ] {
         assert!(
             out.contains(want),
@@ -465,6 +475,13 @@ async fn service_accounts_get_what_they_need_and_no_more() {
             NS,
             None,
         ),
+        // Each node's status is the operator's to create (issue 10, item 1).
+        (
+            "create",
+            "fileintegritynodestatuses.fim.kubefim.io",
+            NS,
+            None,
+        ),
         ("watch", "snapshots.fim.kubefim.io", NS, None),
         ("patch", "snapshots.fim.kubefim.io/status", NS, None),
         ("update", "snapshots.fim.kubefim.io/finalizers", NS, None),
@@ -494,15 +511,37 @@ async fn service_accounts_get_what_they_need_and_no_more() {
         ("list", "nodes", "", None),
         ("get", "priorityclasses.scheduling.k8s.io", "", Some("high")),
         ("watch", "priorityclasses.scheduling.k8s.io", "", None),
+        // The secure /metrics endpoint reviews each scrape's token (issue 10, item 9).
+        ("create", "tokenreviews.authentication.k8s.io", "", None),
+        (
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+            "",
+            None,
+        ),
+        // Container monitoring (issue 14): events on pods, restart and rollback.
+        ("create", "events", "default", None),
+        ("delete", "pods", "default", None),
+        ("get", "replicasets.apps", "default", None),
+        ("patch", "deployments.apps", "default", None),
+        // The agents' admission policies, applied at start for its namespace (issue 16), owned
+        // by that Namespace.
+        (
+            "create",
+            "validatingadmissionpolicies.admissionregistration.k8s.io",
+            "",
+            None,
+        ),
+        (
+            "patch",
+            "validatingadmissionpolicybindings.admissionregistration.k8s.io",
+            "",
+            Some("fim-agent-own-node-status-kube-fim"),
+        ),
+        ("get", "namespaces", "", Some(NS)),
     ];
     let operator_denied: &[Check] = &[
         ("get", "secrets", NS, None),
-        (
-            "create",
-            "fileintegritynodestatuses.fim.kubefim.io",
-            NS,
-            None,
-        ),
         ("create", "daemonsets.apps", "default", None),
         ("get", "configmaps", "default", None),
         ("patch", "nodes", "", None),
@@ -514,15 +553,20 @@ async fn service_accounts_get_what_they_need_and_no_more() {
             Some("someone-elses-lease"),
         ),
         ("create", "pods", NS, None),
+        ("patch", "pods", "default", None),
+        ("patch", "replicasets.apps", "default", None),
+        ("delete", "deployments.apps", "default", None),
+        ("get", "pods/log", "default", None),
+        (
+            "delete",
+            "validatingadmissionpolicies.admissionregistration.k8s.io",
+            "",
+            None,
+        ),
+        ("patch", "namespaces", "", Some(NS)),
     ];
     let agent_allowed: &[Check] = &[
         ("watch", "fileintegrities.fim.kubefim.io", NS, None),
-        (
-            "create",
-            "fileintegritynodestatuses.fim.kubefim.io",
-            NS,
-            None,
-        ),
         (
             "patch",
             "fileintegritynodestatuses.fim.kubefim.io",
@@ -530,16 +574,25 @@ async fn service_accounts_get_what_they_need_and_no_more() {
             None,
         ),
         ("get", "configmaps", NS, None),
-        ("create", "configmaps", NS, None),
-        ("delete", "configmaps", NS, None),
-        ("create", "events", NS, None),
-        ("create", "events.events.k8s.io", NS, None),
+        ("patch", "configmaps", NS, None),
         ("watch", "nodes", "", None),
+        ("create", "tokenreviews.authentication.k8s.io", "", None),
+        (
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+            "",
+            None,
+        ),
+        // Container monitoring: the pods of its node (spec.nodeName field selector). RBAC cannot
+        // require the selector, so this is every pod's spec and status (docs/threat-model.md).
         ("list", "pods", "", None),
+        ("watch", "pods", "", None),
     ];
     let agent_denied: &[Check] = &[
         ("patch", "fileintegrities.fim.kubefim.io", NS, None),
         ("patch", "fileintegrities.fim.kubefim.io/status", NS, None),
+        // Issue 10, item 2: status.baselines is the anchor an agent must not rewrite.
+        ("update", "fileintegrities.fim.kubefim.io/status", NS, None),
         (
             "delete",
             "fileintegritynodestatuses.fim.kubefim.io",
@@ -551,6 +604,31 @@ async fn service_accounts_get_what_they_need_and_no_more() {
         ("create", "daemonsets.apps", NS, None),
         ("patch", "nodes", "", None),
         ("delete", "pods", NS, None),
+        // Issue 10, item 1: the operator creates each node's objects; no events, no pods.
+        (
+            "create",
+            "fileintegritynodestatuses.fim.kubefim.io",
+            NS,
+            None,
+        ),
+        ("create", "configmaps", NS, None),
+        ("delete", "configmaps", NS, None),
+        ("create", "events", NS, None),
+        ("create", "events.events.k8s.io", NS, None),
+        // The reviews only: no reading of other objects through the authn/authz groups.
+        ("list", "tokenreviews.authentication.k8s.io", "", None),
+        (
+            "create",
+            "localsubjectaccessreviews.authorization.k8s.io",
+            NS,
+            None,
+        ),
+        // Pods are read, never changed or entered: restart and rollback are the operator's.
+        ("delete", "pods", "default", None),
+        ("patch", "pods", "default", None),
+        ("get", "pods/log", "default", None),
+        ("create", "pods/exec", "default", None),
+        ("patch", "deployments.apps", "default", None),
     ];
     let mut wrong = Vec::new();
     for (user, checks, want) in [
@@ -584,10 +662,13 @@ fn node_status_ar() -> ApiResource {
     ApiResource::erase::<kube_fim_crds::FileIntegrityNodeStatus>(&())
 }
 
+/// A node status of FileIntegrity `e2e<u>` named `<owner>-<node>` as the operator names them
+/// (`name` = `<owner>-<suffix>`: the owner label is the part before the last `-<node>`).
 fn node_status(name: &str, node: &str) -> DynamicObject {
+    let owner = name.strip_suffix(&format!("-{node}")).unwrap_or("none");
     serde_json::from_value(json!({
         "apiVersion": "fim.kubefim.io/v1alpha1", "kind": "FileIntegrityNodeStatus",
-        "metadata": {"name": name, "labels": {"fim.kubefim.io/node": node}},
+        "metadata": {"name": name, "labels": {"fim.kubefim.io/node": node, "fim.kubefim.io/owner": owner}},
         "nodeName": node,
     }))
     .unwrap()
@@ -695,8 +776,8 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
     let admin_cms: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
     let pp = PostParams::default();
 
-    // Objects of node B, written by someone else (the agent on node B).
-    let other = format!("e2e-{u}-b");
+    // Objects of node B, written by someone else (the operator for node B).
+    let other = format!("e2e-{u}-{b}");
     admin_fins
         .create(&pp, &node_status(&other, b))
         .await
@@ -726,7 +807,7 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
     )
     .await;
     assert!(
-        status_refusal.contains("ValidatingAdmissionPolicy 'fim-agent-own-node-status'"),
+        status_refusal.contains("ValidatingAdmissionPolicy 'fim-agent-own-node-status-kube-fim'"),
         "{status_refusal}"
     );
     eventually_refused(
@@ -747,12 +828,12 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
     )
     .await;
 
-    // Node statuses: its own node's can be created, patched and applied.
-    let own = format!("e2e-{u}-a");
-    agent_fins
+    // Node statuses: its own node's (created by the operator) can be patched and applied.
+    let own = format!("e2e-{u}-{a}");
+    admin_fins
         .create(&pp, &node_status(&own, a))
         .await
-        .expect("create own node status");
+        .expect("the operator creates the node status");
     let merge =
         json!({"lastResult": {"condition": "Succeeded", "lastProbeTime": "2026-01-01T00:00:00Z"}});
     agent_fins
@@ -785,18 +866,16 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
         &[&format!("has nodeName {b}")],
     )
     .await;
-    // ... node B's cannot be created either, nor taken over.
+    // ... node B's cannot be created either (no status at all: the operator creates them), nor
+    // taken over.
     eventually_refused(
         "creating a status for node B",
         || async {
             agent_fins
-                .create(&pp, &node_status(&format!("e2e-{u}-b2"), b))
+                .create(&pp, &node_status(&format!("e2e-{u}-b2-{b}"), b))
                 .await
         },
-        &[
-            &format!("fim-agent on node {a} may only write objects of its own node"),
-            &format!("has nodeName {b}"),
-        ],
+        &["fim-agent"],
     )
     .await;
     eventually_refused(
@@ -821,17 +900,17 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
                 .create(&pp, &node_status(&format!("e2e-{u}-unbound"), a))
                 .await
         },
-        &["names no node"],
+        &["fim-agent"],
     )
     .await;
 
-    // Failure ConfigMaps: its own node's can be created, patched and deleted.
+    // Failure ConfigMaps: its own node's (created by the operator) can be patched, not deleted.
     let own_cm = format!("e2e-{u}-{a}-failed");
     let labels_a = [("fim.kubefim.io/node", a), ("fim.kubefim.io/owner", "e2e")];
-    agent_cms
+    admin_cms
         .create(&pp, &config_map(&own_cm, &labels_a))
         .await
-        .expect("create own failure ConfigMap");
+        .expect("the operator creates the failure ConfigMap");
     agent_cms
         .patch(
             &own_cm,
@@ -840,10 +919,12 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
         )
         .await
         .expect("patch own failure ConfigMap");
-    agent_cms
-        .delete(&own_cm, &DeleteParams::default())
-        .await
-        .expect("delete own failure ConfigMap");
+    eventually_refused(
+        "deleting its own failure ConfigMap",
+        || async { agent_cms.delete(&own_cm, &DeleteParams::default()).await },
+        &["fim-agent"],
+    )
+    .await;
     eventually_refused(
         "node B's failure ConfigMap",
         || async {
@@ -857,10 +938,7 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
                 )
                 .await
         },
-        &[
-            "may only write objects of its own node",
-            &format!("is labelled fim.kubefim.io/node={b}"),
-        ],
+        &["fim-agent"],
     )
     .await;
     eventually_refused(
@@ -870,13 +948,13 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
                 .create(&pp, &config_map(&format!("e2e-{u}-unlabelled"), &[]))
                 .await
         },
-        &["has no fim.kubefim.io/node label"],
+        &["fim-agent"],
     )
     .await;
     eventually_refused(
         "deleting node B's failure ConfigMap",
         || async { agent_cms.delete(&b_cm, &DeleteParams::default()).await },
-        &[&format!("belongs to node {b}")],
+        &["fim-agent"],
     )
     .await;
     eventually_refused(
@@ -904,7 +982,7 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
         .get(&rules)
         .await
         .expect("the agent reads its rules");
-    let fim_config = ["may not write ConfigMap fim-config-e2e-", "operator only"];
+    let fim_config = ["fim-config-e2e-"];
     eventually_refused(
         "patching a rules ConfigMap",
         || async {
@@ -935,7 +1013,7 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
                 )
                 .await
         },
-        &fim_config,
+        &["fim-agent"],
     )
     .await;
 
@@ -952,10 +1030,13 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
         .list(&ListParams::default().limit(1))
         .await
         .expect("the agent lists nodes");
+    // Container monitoring (issue 14) watches the pods of the agent's node by field selector;
+    // RBAC cannot require the selector, so a stolen agent token reads every pod's spec and
+    // status (docs/threat-model.md) but changes none (the denied list above).
     Api::<Pod>::all(agent.clone())
         .list(&ListParams::default().limit(1))
         .await
-        .expect("the agent lists pods");
+        .expect("the agent lists pods (container monitoring)");
 
     // Clean up what this test created (the deployment stays).
     for name in [&own, &other] {
@@ -964,7 +1045,7 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
             .await
             .unwrap();
     }
-    for name in [&b_cm, &rules] {
+    for name in [&b_cm, &rules, &own_cm] {
         admin_cms
             .delete(name, &DeleteParams::default())
             .await
@@ -973,4 +1054,116 @@ async fn agent_token_writes_only_its_own_nodes_objects() {
     pods.delete(&pod_name, &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
+}
+
+fn admission_ar(kind: &str) -> ApiResource {
+    let gvk = kube::api::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    let plural = match kind {
+        "ValidatingAdmissionPolicy" => "validatingadmissionpolicies",
+        _ => "validatingadmissionpolicybindings",
+    };
+    ApiResource::from_gvk_with_plural(&gvk, plural)
+}
+
+/// Issue 16: whatever installed it (kustomize, OLM, a test), the operator applies the agents'
+/// admission policies for its own namespace and agent service account at start, owned by its
+/// Namespace: a deleted binding is back after a restart, and deleting the namespace removes them.
+#[tokio::test]
+async fn the_operator_applies_the_agent_policies_of_its_own_namespace() {
+    let client = client().await.unwrap();
+    let ns = TestNamespace::create(&client, "vap").await.unwrap();
+    let ns_name = ns.name.clone();
+    let uid = Api::<Namespace>::all(client.clone())
+        .get(&ns_name)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let policies: Api<DynamicObject> =
+        Api::all_with(client.clone(), &admission_ar("ValidatingAdmissionPolicy"));
+    let bindings: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &admission_ar("ValidatingAdmissionPolicyBinding"),
+    );
+    let names = [
+        format!("fim-agent-own-node-status-{ns_name}"),
+        format!("fim-agent-own-node-configmaps-{ns_name}"),
+    ];
+    let all_there = || async {
+        let mut missing = Vec::new();
+        for name in &names {
+            if policies.get_opt(name).await?.is_none() {
+                missing.push(format!("policy {name}"));
+            }
+            if bindings.get_opt(name).await?.is_none() {
+                missing.push(format!("binding {name}"));
+            }
+        }
+        Ok(if missing.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("missing: {missing:?}"))
+        })
+    };
+
+    let mut operator = kube_fim_e2e::fixtures::Operator::start(&ns_name);
+    wait_for("the operator's admission policies", WAIT, all_there)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", operator.log()));
+    for name in &names {
+        let p = policies.get(name).await.unwrap();
+        let expr = p.data["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            expr,
+            format!("request.userInfo.username == 'system:serviceaccount:{ns_name}:fim-agent'")
+        );
+        let owners = p.metadata.owner_references.clone().unwrap_or_default();
+        assert!(
+            owners.len() == 1 && owners[0].kind == "Namespace" && owners[0].uid == uid,
+            "{owners:?}"
+        );
+        let b = bindings.get(name).await.unwrap();
+        assert_eq!(b.data["spec"]["policyName"], json!(name));
+        assert_eq!(b.data["spec"]["validationActions"], json!(["Deny"]));
+    }
+
+    // A deleted binding comes back when the operator (re)starts.
+    bindings
+        .delete(&names[0], &DeleteParams::default())
+        .await
+        .unwrap();
+    operator.kill();
+    let mut operator = kube_fim_e2e::fixtures::Operator::start(&ns_name);
+    wait_for("the deleted binding re-applied", WAIT, all_there)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", operator.log()));
+    operator.kill();
+
+    // The namespace owns them: deleting it lets the garbage collector remove them.
+    ns.delete().await.unwrap();
+    wait_for(
+        "the policies of a deleted namespace removed",
+        WAIT * 2,
+        || async {
+            let mut left = Vec::new();
+            for name in &names {
+                if policies.get_opt(name).await?.is_some()
+                    || bindings.get_opt(name).await?.is_some()
+                {
+                    left.push(name.clone());
+                }
+            }
+            Ok(if left.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("still there: {left:?}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
 }

@@ -553,8 +553,7 @@ async fn agent_written_statuses_make_it_active_and_a_failed_node_warns() {
     assert!(
         args.starts_with(
             "daemon --file-integrity agents --root /host --db-dir /baseline \
-             --config-map fim-config-agents --grace-period 900 --max-backups 5 \
-             --metrics-addr 0.0.0.0:"
+             --config-map fim-config-agents --metrics-addr 0.0.0.0:"
         ),
         "{args}"
     );
@@ -598,6 +597,7 @@ async fn agent_written_statuses_make_it_active_and_a_failed_node_warns() {
         ),
     )
     .await;
+    // The seed's wording (these statuses list no changedPaths, so no paths follow).
     let want = format!(
         "node {} has changed! a:0,c:1,r:0 log:{}/{log}",
         failed.node, ns.name
@@ -876,14 +876,16 @@ async fn the_reinit_annotation_becomes_a_request_the_agents_acknowledge() {
         .unwrap();
     let agents = active_agents(&client, &fis, &fi, &nodes.names).await;
 
-    // All nodes: request 1, recorded and pending, the FileIntegrity Initializing.
+    // All nodes: a first request, recorded and pending, the FileIntegrity Initializing. Its id
+    // is the operator's (a time in milliseconds), the next ones count up from it.
     annotate(&fis, "re", labels::REINIT, Some("")).await;
-    let fi = wait_for_fi(&fis, "re", "request 1 recorded, Initializing", |fi| {
-        recorded_request(fi).is_some_and(|r| r.id == 1)
-            && phase(fi) == Some(FileIntegrityPhase::Initializing)
+    let fi = wait_for_fi(&fis, "re", "request recorded, Initializing", |fi| {
+        recorded_request(fi).is_some() && phase(fi) == Some(FileIntegrityPhase::Initializing)
     })
     .await;
     let request = recorded_request(&fi).unwrap();
+    let first = request.id;
+    assert!(first > 1_700_000_000_000, "a fresh id: {first}");
     assert_eq!(request.nodes, nodes_set(&nodes.names));
     assert!(!request.done);
     assert_eq!(
@@ -893,7 +895,7 @@ async fn the_reinit_annotation_becomes_a_request_the_agents_acknowledge() {
         fi.status
     );
     wait_for_event(&client, &ns.name, "re", "ReinitRequested", "Normal", |n| {
-        n.starts_with("re-init request 1 ")
+        n.starts_with(&format!("re-init request {first} "))
     })
     .await;
     wait_for_metric(
@@ -906,7 +908,7 @@ async fn the_reinit_annotation_becomes_a_request_the_agents_acknowledge() {
     .await;
 
     // The first agent re-baselines: the other still holds the request open.
-    agents[0].report(&fi, succeeded(), Some(1)).await;
+    agents[0].report(&fi, succeeded(), Some(first)).await;
     let fi = wait_for_fi(&fis, "re", "one node still initialising", |fi| {
         fi.status.as_ref().is_some_and(|s| s.initializing == 1)
     })
@@ -921,7 +923,7 @@ async fn the_reinit_annotation_becomes_a_request_the_agents_acknowledge() {
     );
 
     // The second: the annotation goes, the request is done, back to Active.
-    agents[1].report(&fi, succeeded(), Some(1)).await;
+    agents[1].report(&fi, succeeded(), Some(first)).await;
     let fi = wait_for_fi(&fis, "re", "annotation removed, Active", |fi| {
         !fi.metadata
             .annotations
@@ -951,17 +953,18 @@ async fn the_reinit_annotation_becomes_a_request_the_agents_acknowledge() {
         |n| n.contains(&ghost),
     )
     .await;
+    let second = first + 1;
     let fi = wait_for_fi(&fis, "re", "request 2 recorded", |fi| {
-        recorded_request(fi).is_some_and(|r| r.id == 2)
+        recorded_request(fi).is_some_and(|r| r.id == second)
     })
     .await;
     assert_eq!(
         recorded_request(&fi).unwrap().nodes,
         nodes_set(std::slice::from_ref(&agents[1].node))
     );
-    agents[1].report(&fi, succeeded(), Some(2)).await;
+    agents[1].report(&fi, succeeded(), Some(second)).await;
     let fi = wait_for_fi(&fis, "re", "request 2 done", |fi| {
-        recorded_request(fi).is_some_and(|r| r.id == 2 && r.done)
+        recorded_request(fi).is_some_and(|r| r.id == second && r.done)
     })
     .await;
     assert!(

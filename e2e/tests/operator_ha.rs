@@ -291,7 +291,7 @@ async fn two_replicas_elect_one_writer_and_the_standby_takes_over_when_it_is_kil
         .patch(
             "ha",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"debug": true}})),
+            &Patch::Merge(json!({"spec": {"fullScanEvery": 3600}})),
         )
         .await
         .unwrap();
@@ -334,8 +334,8 @@ async fn two_replicas_elect_one_writer_and_the_standby_takes_over_when_it_is_kil
     let ds = dss.get("fim-agent-ha").await.unwrap();
     let ds_text = serde_json::to_string(&ds.spec).unwrap();
     assert!(
-        ds_text.contains("\"--debug\""),
-        "spec.debug reached the DaemonSet: {ds_text}"
+        ds_text.contains("\"--full-scan-every\""),
+        "spec.fullScanEvery reached the DaemonSet: {ds_text}"
     );
 
     drop(a);

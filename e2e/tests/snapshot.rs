@@ -127,13 +127,11 @@ async fn setup(client: &Client, prefix: &str) -> (TestNamespace, String) {
 
 fn store(endpoint: &str, bucket: &str) -> Store {
     kube_fim_e2e::install_crypto_provider();
-    Store::with(
-        endpoint,
-        "us-east-1",
-        bucket,
-        &env("AWS_ACCESS_KEY_ID"),
-        &env("AWS_SECRET_ACCESS_KEY"),
-    )
+    let credentials = fim_s3::Credentials {
+        access_key: env("AWS_ACCESS_KEY_ID"),
+        secret_key: env("AWS_SECRET_ACCESS_KEY"),
+    };
+    Store::new(endpoint, "us-east-1", bucket, &credentials, "e2e")
 }
 
 fn condition<'a>(s: &'a Snapshot, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
@@ -525,9 +523,11 @@ async fn a_2mb_snapshot_uploaded_by_the_cli_and_a_tampered_object_refused() {
         std::fs::write(d.join(format!("file-{i:06}")), i.to_string()).unwrap();
     }
     // The bucket must exist before the CLI writes (the operator creates it once it uploads).
-    kube_fim_e2e::install_crypto_provider();
-    let (raw, _) = kube_fim_e2e::s3().await.unwrap();
-    raw.create_bucket().bucket(&bucket).send().await.unwrap();
+    kube_fim_e2e::s3(Some(&bucket))
+        .unwrap()
+        .ensure()
+        .await
+        .unwrap();
     let manifest = dir.path().join("snap.yaml");
     let out = Command::new(agent_binary())
         .args(["snapshot", "--root", root.to_str().unwrap(), "--dir", "app"])

@@ -10,214 +10,18 @@
 //! Needs `rsyslogd`, `rsyslog-gnutls` and `openssl` (hack/ensure-tools.sh installs them); no
 //! cluster.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fim_agent::syslog::containers::{Subject, remediation_event};
 use fim_agent::syslog::format::{self, Event, EventType, Format, Framing};
 use fim_agent::syslog::metrics::SyslogMetrics;
 use fim_agent::syslog::sender::{Config, Syslog, Transport};
 use fim_agent::syslog::{Identity, dropped, heartbeat};
 use k8s_openapi::jiff::Timestamp;
+use kube_fim_e2e::rsyslog::{KEYS, Rsyslog, free_udp_port};
 use serde_json::Value;
-
-const KEYS: [&str; 10] = [
-    "time",
-    "event-type",
-    "service",
-    "pod",
-    "image",
-    "namespace",
-    "cluster",
-    "message",
-    "file",
-    "reason",
-];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One rsyslogd in the foreground; stopped (SIGTERM) when dropped.
-struct Rsyslog {
-    dir: PathBuf,
-    conf: PathBuf,
-    tcp: u16,
-    child: Option<Child>,
-}
-
-/// What rsyslog parsed, as JSON: its properties, each `key=value` of the message
-/// (`re_extract` up to the next known key), and the RFC 5424 structured data (`mmpstrucdata`).
-fn rules(out: &Path) -> String {
-    let mut extracts = String::new();
-    for (i, k) in KEYS.iter().enumerate() {
-        let pattern = match KEYS.get(i + 1) {
-            Some(next) => format!("(^| ){k}=(.*) {next}="),
-            // Greedy: to the end of the message.
-            None => format!("(^| ){k}=(.*)"),
-        };
-        extracts.push_str(&format!(
-            "  set $!kv!{k} = re_extract($msg, \"{pattern}\", 0, 2, \"<missing>\");\n"
-        ));
-    }
-    format!(
-        r#"
-module(load="mmpstrucdata")
-template(name="parsed" type="string" string="%$!%\n")
-ruleset(name="out") {{
-  action(type="mmpstrucdata")
-  set $!pri = $pri;
-  set $!hostname = $hostname;
-  set $!programname = $programname;
-  set $!procid = $procid;
-  set $!msgid = $msgid;
-  set $!app = $app-name;
-  set $!timereported = $timereported;
-  set $!msg = $msg;
-{extracts}  action(type="omfile" file="{out}" template="parsed")
-}}
-"#,
-        out = out.display()
-    )
-}
-
-impl Rsyslog {
-    /// rsyslog with a TCP input (plain, or TLS when `tls` holds the CA, cert and key files) and
-    /// a UDP input on `udp`.
-    fn start(tls: Option<(&Path, &Path, &Path)>, udp: Option<u16>) -> Rsyslog {
-        let dir = tempfile::Builder::new()
-            .prefix("kube-fim-rsyslog")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let tcp = free_port();
-        let out = dir.join("parsed.json");
-        let mut conf = format!(
-            "global(workDirectory=\"{dir}\" maxMessageSize=\"64k\"{tls_global})\n",
-            dir = dir.display(),
-            tls_global = tls.map_or(String::new(), |(ca, cert, key)| format!(
-                " defaultNetstreamDriver=\"gtls\" defaultNetstreamDriverCAFile=\"{}\" \
-                 defaultNetstreamDriverCertFile=\"{}\" defaultNetstreamDriverKeyFile=\"{}\"",
-                ca.display(),
-                cert.display(),
-                key.display()
-            ))
-        );
-        conf.push_str(&rules(&out));
-        if tls.is_some() {
-            conf.push_str(
-                "module(load=\"imtcp\" streamDriver.name=\"gtls\" streamDriver.mode=\"1\" \
-                 streamDriver.authMode=\"anon\")\n",
-            );
-        } else {
-            conf.push_str("module(load=\"imtcp\")\n");
-        }
-        conf.push_str(&format!(
-            "input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{tcp}\" ruleset=\"out\")\n"
-        ));
-        if let Some(port) = udp {
-            conf.push_str(&format!(
-                "module(load=\"imudp\")\ninput(type=\"imudp\" address=\"127.0.0.1\" \
-                 port=\"{port}\" ruleset=\"out\")\n"
-            ));
-        }
-        let conf_path = dir.join("rsyslog.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let mut r = Rsyslog {
-            dir,
-            conf: conf_path,
-            tcp,
-            child: None,
-        };
-        r.run();
-        r
-    }
-
-    fn run(&mut self) {
-        let child = Command::new("rsyslogd")
-            .arg("-n")
-            .arg("-f")
-            .arg(&self.conf)
-            .arg("-i")
-            .arg(self.dir.join("rsyslogd.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(self.dir.join("rsyslogd.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("rsyslogd (Debian package rsyslog; hack/ensure-tools.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.tcp)).is_err() {
-            let exited = self.child.as_mut().unwrap().try_wait().unwrap().is_some();
-            assert!(
-                !exited && Instant::now() < deadline,
-                "rsyslogd did not listen: {}",
-                std::fs::read_to_string(self.dir.join("rsyslogd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
-    }
-
-    /// The parsed lines so far.
-    fn parsed(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.join("parsed.json"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
-    }
-
-    /// Waits until `n` lines were parsed, and a moment more to see that no others follow.
-    fn wait_for(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = self.parsed();
-            if got.len() >= n {
-                std::thread::sleep(Duration::from_millis(300));
-                return self.parsed();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} lines arrived: {got:#?}\nrsyslogd: {}",
-                got.len(),
-                std::fs::read_to_string(self.dir.join("rsyslogd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn identity() -> Identity {
     Identity {
@@ -246,7 +50,8 @@ fn config(port: u16, transport: Transport, framing: Framing, format: Format) -> 
 const FORGERY: &[u8] =
     b"/etc/evil\n<28>Mar 31 10:46:19 h fim-agent[1]: x reason=forged \xe2\x80\xae=";
 
-/// One event of each finding type (with hostile file names) and the kube-fim types.
+/// One event of each finding type (with hostile file names), the kube-fim types and a
+/// container remediation.
 fn events(now: Timestamp) -> Vec<Event> {
     let id = identity();
     let node = |kind, file: &[u8]| Event {
@@ -269,6 +74,19 @@ fn events(now: Timestamp) -> Vec<Event> {
             ..node(EventType::Truncated, b"")
         },
         dropped(2, &id, "e2e", now),
+        // A container remediation (hostile names are unit-tested; pod names are DNS labels).
+        remediation_event(
+            &Subject {
+                namespace: "shop".into(),
+                pod: "web-6bf9c6f4dd-xbvsp".into(),
+                container: "web".into(),
+                image: "nginx:stable-alpine3.17".into(),
+            },
+            "Restart pod web-6bf9c6f4dd-xbvsp".into(),
+            "/etc/nginx/nginx.conf",
+            "e2e",
+            now,
+        ),
     ]
 }
 

@@ -40,6 +40,21 @@ pub fn snapshot(
         path: root_path.display().to_string(),
         message: e.to_string(),
     })?;
+    snapshot_of(&root, dirs, algorithm, threads, false)
+}
+
+/// [`snapshot`] of an opened root (a container's `/proc/<pid>/root`, held by the caller). With
+/// `skip_missing`, a directory that does not exist contributes no lines (its files count as
+/// removed against a baseline) instead of failing; a symlink on the way is never followed and
+/// fails with the kernel's ELOOP.
+pub fn snapshot_of(
+    root: &Root,
+    dirs: &[String],
+    algorithm: Algorithm,
+    threads: usize,
+    skip_missing: bool,
+) -> Result<String, SnapshotError> {
+    let root_path = root.path();
     let mut rules = Vec::new();
     for dir in dirs {
         let clean = dir.trim_matches('/');
@@ -47,11 +62,21 @@ pub fn snapshot(
             return Err(SnapshotError::BadDir(dir.clone()));
         }
         let node = format!("/{clean}");
-        if root.lstat(node.as_bytes()).is_err() {
-            return Err(SnapshotError::Missing {
-                dir: dir.clone(),
-                root: root_path.display().to_string(),
-            });
+        match root.lstat(node.as_bytes()) {
+            Ok(_) => {}
+            Err(e) if skip_missing && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if skip_missing => {
+                return Err(SnapshotError::Read {
+                    path: node,
+                    message: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(SnapshotError::Missing {
+                    dir: dir.clone(),
+                    root: root_path.display().to_string(),
+                });
+            }
         }
         let pattern = format!("{}(/|$)", regex::escape(&node));
         let rule = Rule::new(
@@ -64,6 +89,9 @@ pub fn snapshot(
         .map_err(|e| SnapshotError::BadDir(e.to_string()))?;
         rules.push(rule);
     }
+    if rules.is_empty() {
+        return Ok(String::new());
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
@@ -71,7 +99,7 @@ pub fn snapshot(
             path: root_path.display().to_string(),
             message: e.to_string(),
         })?;
-    pool.install(|| snapshot_in_pool(&root, &Rules::new(rules), algorithm))
+    pool.install(|| snapshot_in_pool(root, &Rules::new(rules), algorithm))
 }
 
 fn snapshot_in_pool(

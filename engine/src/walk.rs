@@ -11,7 +11,12 @@
 //! sorted by name: `/a-x` and `/a.x` sort between `/a` and `/a/b` because `-` and `.` sort before
 //! `/`. So each directory's pending work is one sorted list mixing its children (key `name`) and
 //! the subtrees of its subdirectories (key `name/`), and a subtree is listed only when its turn
-//! comes. Memory is the open directories on the current path, each with its pending children.
+//! comes. Memory is the open directories on the current path, each with its pending children
+//! kept as bare names (about 16 bytes plus the name each): a child is `fstatat`-ed when its turn
+//! comes, not when its directory is listed, so one directory of a million new files costs tens of
+//! MiB, not the hundreds a stat and a full path per child would (issue 10, item 10). The file
+//! type from `getdents` decides the selection at listing time; a filesystem that does not give
+//! it is `fstatat`-ed then.
 
 use std::cmp::Ordering;
 use std::ffi::CStr;
@@ -42,24 +47,6 @@ pub struct Issue {
     pub message: String,
 }
 
-/// Pending work in one directory.
-enum Item {
-    /// A selected child, yielded as it is.
-    Entry(Candidate),
-    /// A subdirectory to list when its turn comes (its full node path).
-    Subtree(Box<[u8]>),
-}
-
-impl Item {
-    /// The sort key inside the parent: the child's name, with `/` after it for a subtree.
-    fn key(&self) -> (&[u8], bool) {
-        match self {
-            Item::Entry(c) => (last_name(&c.path), false),
-            Item::Subtree(p) => (last_name(p), true),
-        }
-    }
-}
-
 fn last_name(path: &[u8]) -> &[u8] {
     let cut = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
     &path[cut..]
@@ -73,11 +60,56 @@ fn cmp_keys(a: (&[u8], bool), b: (&[u8], bool)) -> Ordering {
     ai.cmp(bi)
 }
 
+/// Pending work in one directory: a child to collect (key `name`) or a subdirectory to list
+/// when its turn comes (key `name/`), as a range of the frame's name buffer.
+#[derive(Clone, Copy)]
+struct Pending {
+    start: u32,
+    len: u32,
+    subtree: bool,
+}
+
 /// One open directory on the current path.
 struct Frame {
     dir: OwnedFd,
+    /// Its node path.
+    node: Box<[u8]>,
+    /// The names of its pending children, back to back.
+    names: Vec<u8>,
     /// Sorted so that the next item is last.
-    pending: Vec<Item>,
+    pending: Vec<Pending>,
+}
+
+impl Frame {
+    fn name(&self, p: Pending) -> &[u8] {
+        &self.names[p.start as usize..(p.start + p.len) as usize]
+    }
+
+    /// The node path of a child.
+    fn child_path(&self, name: &[u8]) -> Box<[u8]> {
+        let mut path = Vec::with_capacity(self.node.len() + 1 + name.len());
+        path.extend_from_slice(&self.node);
+        if &*self.node != b"/" {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        path.into()
+    }
+}
+
+/// The type `getdents` reported, if it did.
+fn dirent_type(t: rustix::fs::FileType) -> Option<FileType> {
+    use rustix::fs::FileType as T;
+    Some(match t {
+        T::RegularFile => FileType::Regular,
+        T::Directory => FileType::Directory,
+        T::Symlink => FileType::Symlink,
+        T::CharacterDevice => FileType::CharDevice,
+        T::BlockDevice => FileType::BlockDevice,
+        T::Fifo => FileType::Fifo,
+        T::Socket => FileType::Socket,
+        _ => return None,
+    })
 }
 
 /// Yields the selected entries below a [`Root`] in byte order of their node paths. With a
@@ -178,12 +210,41 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// Reads the directory `fd` (node path `node`) and pushes its sorted pending work.
+    /// The child `path` (named `name` in the directory on top of the stack), `fstatat`-ed now
+    /// that its turn has come, if the rules still select it.
+    fn stat_child(&mut self, name: &[u8], path: Box<[u8]>) -> Option<Candidate> {
+        let dir = &self.stack.last().expect("a child has a parent").dir;
+        let cname = std::ffi::CString::new(name).ok()?;
+        let stat = match rustix::fs::statat(dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Stat::from_rustix(&st),
+            Err(Errno::NOENT) => return None, // gone since its directory was listed
+            Err(e) => {
+                self.issue(&path, e);
+                return None;
+            }
+        };
+        // The type decides again: it may have changed since the listing.
+        let ftype = stat.file_type();
+        if self.rules.is_excluded(&path, ftype) {
+            return None;
+        }
+        let rule = self.rules.selecting_rule(&path, ftype)?;
+        Some(Candidate {
+            path,
+            rule: rule as u32,
+            ftype,
+            stat,
+        })
+    }
+
+    /// Reads the directory `fd` (node path `node`) and pushes its sorted pending work: the names
+    /// of the children the rules select and of the subdirectories to list.
     fn list(&mut self, fd: OwnedFd, node: &[u8]) {
         let mut dir = match Dir::read_from(&fd) {
             Ok(d) => d,
             Err(e) => return self.issue(node, e),
         };
+        let mut names = Vec::new();
         let mut pending = Vec::new();
         let mut child = node.to_vec();
         if child != b"/" {
@@ -208,37 +269,61 @@ impl<'a> Walker<'a> {
             if !collect && !descend {
                 continue;
             }
-            let stat = match rustix::fs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => Stat::from_rustix(&st),
-                Err(Errno::NOENT) => continue, // vanished while listing
-                Err(e) => {
-                    self.issue(&child, e);
-                    continue;
-                }
+            let ftype = match dirent_type(item.file_type()) {
+                Some(t) => t,
+                None => match rustix::fs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => Stat::from_rustix(&st).file_type(),
+                    Err(Errno::NOENT) => continue, // vanished while listing
+                    Err(e) => {
+                        self.issue(&child, e);
+                        continue;
+                    }
+                },
             };
-            let ftype = stat.file_type();
             if self.rules.is_excluded(&child, ftype) {
                 continue;
             }
-            if let Some(rule) = self.rules.selecting_rule(&child, ftype).filter(|_| collect) {
-                pending.push(Item::Entry(Candidate {
-                    path: child.as_slice().into(),
-                    rule: rule as u32,
-                    ftype,
-                    stat,
-                }));
+            let selected = collect && self.rules.selecting_rule(&child, ftype).is_some();
+            let subtree = descend && ftype == FileType::Directory && self.rules.may_descend(&child);
+            if !selected && !subtree {
+                continue;
             }
-            if descend && ftype == FileType::Directory && self.rules.may_descend(&child) {
-                pending.push(Item::Subtree(child.as_slice().into()));
+            let (Ok(start), Ok(len)) = (
+                u32::try_from(names.len()),
+                u32::try_from(name.to_bytes().len()),
+            ) else {
+                self.issue(node, Errno::NOMEM); // over 4 GiB of names in one directory
+                break;
+            };
+            names.extend_from_slice(name.to_bytes());
+            for (wanted, subtree) in [(selected, false), (subtree, true)] {
+                if wanted {
+                    pending.push(Pending {
+                        start,
+                        len,
+                        subtree,
+                    });
+                }
             }
         }
         drop(dir);
         if pending.is_empty() {
             return;
         }
+        names.shrink_to_fit();
+        pending.shrink_to_fit();
+        let mut frame = Frame {
+            dir: fd,
+            node: node.into(),
+            names,
+            pending: Vec::new(),
+        };
         // Descending, so the smallest is popped first.
-        pending.sort_unstable_by(|a, b| cmp_keys(b.key(), a.key()));
-        self.stack.push(Frame { dir: fd, pending });
+        pending.sort_unstable_by(|a, b| {
+            cmp_keys((frame.name(*b), b.subtree), (frame.name(*a), a.subtree))
+        });
+        frame.pending = pending;
+        self.stack.push(frame);
     }
 }
 
@@ -251,14 +336,16 @@ impl Iterator for Walker<'_> {
         }
         loop {
             let top = self.stack.last_mut()?;
-            match top.pending.pop() {
-                None => {
-                    self.stack.pop();
-                }
-                Some(Item::Entry(c)) => return Some(c),
-                Some(Item::Subtree(path)) => {
-                    self.enter(path);
-                }
+            let Some(p) = top.pending.pop() else {
+                self.stack.pop();
+                continue;
+            };
+            let name = top.name(p).to_vec();
+            let path = top.child_path(&name);
+            if p.subtree {
+                self.enter(path);
+            } else if let Some(c) = self.stat_child(&name, path) {
+                return Some(c);
             }
         }
     }

@@ -14,6 +14,13 @@ pub fn config_map_name(fi: &str) -> String {
     format!("fim-config-{fi}")
 }
 
+/// The FileIntegrity whose rules ConfigMap is named `cm`, if `cm` is such a name: how a change
+/// of that ConfigMap finds its FileIntegrity even after someone stripped its owner reference
+/// and labels (the next reconcile puts them back).
+pub fn file_integrity_of_config_map_name(cm: &str) -> Option<&str> {
+    cm.strip_prefix("fim-config-").filter(|fi| !fi.is_empty())
+}
+
 /// Digest of the rules, put on the pod template so a change rolls the agents.
 pub fn config_hash(text: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
@@ -147,6 +154,35 @@ pub fn validate(text: &str, source: &ConfigSource) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rules_config_map_name_leads_back_to_its_file_integrity() {
+        assert_eq!(
+            file_integrity_of_config_map_name(&config_map_name("worker-fi")),
+            Some("worker-fi")
+        );
+        assert_eq!(file_integrity_of_config_map_name("fim-config-"), None);
+        assert_eq!(file_integrity_of_config_map_name("rules"), None);
+    }
+
+    #[test]
+    fn file_integrity_operators_broken_config_is_refused_naming_its_line() {
+        // FIO's BadConfig scenario: its test config (the default plus a comment) and a group
+        // with an unknown hash (sha513) and attribute (XXXXXX).
+        let text = format!(
+            "{DEFAULT_RULES}\n# Comment added to differ from default and trigger a re-init\n\
+             NORMAL = p+i+n+u+g+s+m+c+acl+selinux+xattrs+sha513+md5+XXXXXX"
+        );
+        let line = text.lines().count();
+        let source = source();
+        let err = validate(&text, &source).unwrap_err().to_string();
+        assert!(err.contains(&format!("aide.conf:{line}")), "{err}");
+        assert!(err.contains("sha513"), "{err}");
+        assert!(err.contains("kube-fim/rules"), "{err}");
+        // Without that line it is valid.
+        let good = text.rsplit_once('\n').unwrap().0;
+        validate(good, &source).unwrap();
+    }
 
     fn source() -> ConfigSource {
         ConfigSource::ConfigMap {

@@ -7,8 +7,9 @@ use k8s_openapi::{
         apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet},
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-            HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
-            PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+            HTTPGetAction, HostPathVolumeSource, KeyToPath, ObjectFieldSelector,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume,
             VolumeMount,
         },
     },
@@ -23,6 +24,29 @@ use kube::{Resource, ResourceExt};
 use kube_fim_crds::{FileIntegrity, labels};
 
 use crate::{Error, Result};
+
+/// The agent's liveness endpoint: fails when its scanning worker has made no progress for twice
+/// gracePeriod plus a minute, or has stopped (`fim_agent::health`).
+pub const LIVENESS_PATH: &str = "/livez";
+/// The agent's readiness endpoint: ready once the node's first result is published.
+pub const READINESS_PATH: &str = "/readyz";
+
+/// A probe of the agent's `metrics` port: HTTPS, as the agent serves it (the kubelet skips
+/// certificate verification for probes and sends no credentials; the probe paths need none).
+fn agent_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("metrics".to_owned()),
+            scheme: Some("HTTPS".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
 
 /// `app.kubernetes.io/name` of the agent pods.
 pub const AGENT_APP: &str = "fim-agent";
@@ -67,6 +91,83 @@ pub struct AgentOptions {
     pub baseline_root: String,
     /// Mount path of the node's `/` in the container.
     pub host_root: String,
+    /// Where the agents reach the API server, when not through the in-cluster Service address
+    /// (`fim-operator --agent-api-server`).
+    pub api_server: Option<ApiServer>,
+    /// Where agents read Snapshots kept in S3 (container monitoring only).
+    pub s3: Option<AgentS3>,
+}
+
+/// The agents' read-only access to the snapshot bucket (`fim-operator --agent-s3-endpoint`,
+/// `--agent-s3-credentials-secret`): what the trusted loader needs for Snapshots whose lines are
+/// in S3 (`spec.source`). The keys come from a Secret of the agents' namespace through the
+/// kubelet (`secretKeyRef`), since agents may not read Secrets through the API; they should be a
+/// read-only pair, the operator's own keys write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentS3 {
+    /// S3 endpoint as seen from the nodes.
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    /// Secret with `accessKey` and `secretKey`.
+    pub credentials_secret: String,
+}
+
+/// The API server address agents use instead of the `kubernetes` Service (set as the
+/// `KUBERNETES_SERVICE_HOST`/`_PORT` the in-cluster configuration reads). For clusters without a
+/// working Service path on the nodes: a node-local API proxy on loopback, or the local test
+/// cluster's real node. A loopback host means "this node", so those pods use the host network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiServer {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ApiServer {
+    /// Whether the host is a loopback address (then the pods need the node's network).
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+impl std::str::FromStr for ApiServer {
+    type Err = String;
+
+    /// `https://HOST:PORT` (or `HOST:PORT`; an IPv6 host in brackets; port 443 by default).
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let rest = text.strip_prefix("https://").unwrap_or(text);
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') || text.starts_with("http://") {
+            return Err(format!("{text:?}: expected https://HOST:PORT"));
+        }
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6
+                    .split_once(']')
+                    .ok_or_else(|| format!("{text:?}: unclosed ["))?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match rest.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h, Some(p)),
+                _ => (rest, None),
+            },
+        };
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| format!("{text:?}: bad port {p:?}"))?,
+            None => 443,
+        };
+        if host.is_empty() || port == 0 {
+            return Err(format!("{text:?}: expected https://HOST:PORT"));
+        }
+        Ok(ApiServer {
+            host: host.to_owned(),
+            port,
+        })
+    }
 }
 
 impl AgentOptions {
@@ -86,6 +187,8 @@ impl AgentOptions {
             priority_class_exists: true,
             baseline_root: DEFAULT_BASELINE_ROOT.to_owned(),
             host_root: DEFAULT_HOST_ROOT.to_owned(),
+            api_server: None,
+            s3: None,
         }
     }
 }
@@ -158,6 +261,7 @@ pub fn desired_daemonset(fi: &FileIntegrity, opts: &AgentOptions) -> Result<Daem
     let owner = fi
         .controller_owner_ref(&())
         .ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let syslog_ca = syslog_ca_volume(fi);
     let spec = &fi.spec;
 
     let selector = selector_labels(&name);
@@ -194,6 +298,12 @@ pub fn desired_daemonset(fi: &FileIntegrity, opts: &AgentOptions) -> Result<Daem
             // /proc/<pid>/root of other pods' containers is only reachable from the host PID
             // namespace, so it is shared only when container monitoring is on.
             host_pid: Some(spec.containers_enabled()),
+            // Only for an API server on the node's loopback (see `ApiServer`).
+            host_network: opts
+                .api_server
+                .as_ref()
+                .is_some_and(ApiServer::is_loopback)
+                .then_some(true),
             node_selector: Some(node_selector),
             tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
             priority_class_name: spec
@@ -211,59 +321,73 @@ pub fn desired_daemonset(fi: &FileIntegrity, opts: &AgentOptions) -> Result<Daem
                 name: AGENT_CONTAINER.to_owned(),
                 image: Some(opts.image.clone()),
                 args: Some(agent_args(fi, &name, opts)),
-                env: Some(vec![
-                    field_env("NODE_NAME", "spec.nodeName"),
-                    field_env("POD_NAME", "metadata.name"),
-                    field_env("POD_NAMESPACE", "metadata.namespace"),
-                ]),
+                env: Some(agent_env(
+                    opts.api_server.as_ref(),
+                    opts.s3.as_ref().filter(|_| spec.containers_enabled()),
+                )),
                 ports: Some(vec![ContainerPort {
                     name: Some("metrics".to_owned()),
                     container_port: opts.metrics_port,
                     protocol: Some("TCP".to_owned()),
                     ..ContainerPort::default()
                 }]),
+                liveness_probe: Some(agent_probe(LIVENESS_PATH, 30, 3)),
+                readiness_probe: Some(agent_probe(READINESS_PATH, 10, 1)),
                 resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
                 security_context: Some(container_security_context(
                     spec.realtime,
                     spec.containers_enabled(),
+                    spec.containers
+                        .as_ref()
+                        .is_some_and(|c| c.enabled && c.allow_kill),
                 )),
-                volume_mounts: Some(vec![
-                    VolumeMount {
-                        name: "host-root".to_owned(),
-                        mount_path: host_root.to_owned(),
-                        read_only: Some(true),
-                        // Mounts made on the host later (new volumes) become visible to scans.
-                        mount_propagation: Some("HostToContainer".to_owned()),
-                        ..VolumeMount::default()
-                    },
-                    VolumeMount {
-                        name: "baseline".to_owned(),
-                        mount_path: BASELINE_MOUNT.to_owned(),
-                        read_only: Some(false),
-                        ..VolumeMount::default()
-                    },
-                    // Scratch space, since the root filesystem is read-only.
-                    VolumeMount {
-                        name: "tmp".to_owned(),
-                        mount_path: "/tmp".to_owned(),
-                        ..VolumeMount::default()
-                    },
-                ]),
+                volume_mounts: Some(
+                    vec![
+                        VolumeMount {
+                            name: "host-root".to_owned(),
+                            mount_path: host_root.to_owned(),
+                            read_only: Some(true),
+                            // Mounts made on the host later (new volumes) become visible to scans.
+                            mount_propagation: Some("HostToContainer".to_owned()),
+                            ..VolumeMount::default()
+                        },
+                        VolumeMount {
+                            name: "baseline".to_owned(),
+                            mount_path: BASELINE_MOUNT.to_owned(),
+                            read_only: Some(false),
+                            ..VolumeMount::default()
+                        },
+                        // Scratch space, since the root filesystem is read-only.
+                        VolumeMount {
+                            name: "tmp".to_owned(),
+                            mount_path: "/tmp".to_owned(),
+                            ..VolumeMount::default()
+                        },
+                    ]
+                    .into_iter()
+                    .chain(syslog_ca.as_ref().map(|(mount, _)| mount.clone()))
+                    .collect(),
+                ),
                 ..Container::default()
             }],
-            volumes: Some(vec![
-                host_path_volume("host-root", "/", "Directory"),
-                host_path_volume(
-                    "baseline",
-                    &baseline_host_path(&opts.baseline_root, &namespace, &name),
-                    "DirectoryOrCreate",
-                ),
-                Volume {
-                    name: "tmp".to_owned(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
-                    ..Volume::default()
-                },
-            ]),
+            volumes: Some(
+                vec![
+                    host_path_volume("host-root", "/", "Directory"),
+                    host_path_volume(
+                        "baseline",
+                        &baseline_host_path(&opts.baseline_root, &namespace, &name),
+                        "DirectoryOrCreate",
+                    ),
+                    Volume {
+                        name: "tmp".to_owned(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    },
+                ]
+                .into_iter()
+                .chain(syslog_ca.map(|(_, volume)| volume))
+                .collect(),
+            ),
             ..PodSpec::default()
         }),
     };
@@ -298,9 +422,10 @@ pub fn desired_daemonset(fi: &FileIntegrity, opts: &AgentOptions) -> Result<Daem
 
 /// `fim-agent daemon` arguments (the agent's contract):
 /// `daemon --file-integrity <fi> --root /host --db-dir /baseline --config-map fim-config-<fi>
-/// --grace-period N --max-backups N --metrics-addr 0.0.0.0:<port> [--full-scan-every N]
-/// [--realtime] [--containers --container-algorithm X] [--debug]`. Scan timing comes from the
-/// spec, so changing it rolls the pods; the rules do not (the agent reads them live).
+/// --metrics-addr 0.0.0.0:<port> [--full-scan-every N] [--realtime]
+/// [--containers --container-algorithm X]`. What the agent reads live from the FileIntegrity
+/// stays out of the pod template, so changing it never rolls the pods: the rules,
+/// `gracePeriod`, `maxBackups` and `debug` (see the agent's `daemon::live`).
 fn agent_args(fi: &FileIntegrity, name: &str, opts: &AgentOptions) -> Vec<String> {
     let spec = &fi.spec;
     let mut args: Vec<String> = vec![
@@ -313,10 +438,6 @@ fn agent_args(fi: &FileIntegrity, name: &str, opts: &AgentOptions) -> Vec<String
         BASELINE_MOUNT.into(),
         "--config-map".into(),
         opts.config_map_name.clone(),
-        "--grace-period".into(),
-        spec.config.grace_period.to_string(),
-        "--max-backups".into(),
-        spec.config.max_backups.to_string(),
         "--metrics-addr".into(),
         format!("0.0.0.0:{}", opts.metrics_port),
     ];
@@ -331,10 +452,24 @@ fn agent_args(fi: &FileIntegrity, name: &str, opts: &AgentOptions) -> Vec<String
             "--containers".into(),
             "--container-algorithm".into(),
             containers.algorithm.extension().to_owned(),
+            "--max-remediations".into(),
+            containers.max_remediations.max(1).to_string(),
+            "--remediation-window".into(),
+            containers.remediation_window_seconds.max(1).to_string(),
         ]);
-    }
-    if spec.debug {
-        args.push("--debug".into());
+        if containers.allow_kill {
+            args.push("--allow-kill".into());
+        }
+        if let Some(s3) = &opts.s3 {
+            args.extend([
+                "--s3-endpoint".into(),
+                s3.endpoint.clone(),
+                "--s3-bucket".into(),
+                s3.bucket.clone(),
+                "--s3-region".into(),
+                s3.region.clone(),
+            ]);
+        }
     }
     args
 }
@@ -348,14 +483,19 @@ fn agent_args(fi: &FileIntegrity, name: &str, opts: &AgentOptions) -> Vec<String
 ///   `fanotify_mark` require it (and RuntimeDefault seccomp only allows them with it); without
 ///   realtime the periodic scans need no such power;
 /// - `SYS_PTRACE` only with container monitoring: reading `/proc/<pid>/root` of another
-///   process requires ptrace access to it.
-pub fn container_security_context(realtime: bool, containers: bool) -> SecurityContext {
+///   process requires ptrace access to it;
+/// - `KILL` only when `spec.containers.allowKill`: the `kill` remediation signals containers'
+///   processes of any user.
+pub fn container_security_context(realtime: bool, containers: bool, kill: bool) -> SecurityContext {
     let mut add = vec!["DAC_READ_SEARCH".to_owned()];
     if realtime {
         add.push("SYS_ADMIN".to_owned());
     }
     if containers {
         add.push("SYS_PTRACE".to_owned());
+    }
+    if kill {
+        add.push("KILL".to_owned());
     }
     SecurityContext {
         run_as_user: Some(0),
@@ -375,6 +515,52 @@ pub fn container_security_context(realtime: bool, containers: bool) -> SecurityC
     }
 }
 
+/// The agent's environment: its node and pod, the API server address when one is set
+/// (explicit container variables override the Service variables the kubelet injects), and the
+/// S3 keys from their Secret when agents read Snapshots from S3.
+fn agent_env(api_server: Option<&ApiServer>, s3: Option<&AgentS3>) -> Vec<EnvVar> {
+    let mut env = vec![
+        field_env("NODE_NAME", "spec.nodeName"),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    if let Some(api) = api_server {
+        for (name, value) in [
+            ("KUBERNETES_SERVICE_HOST", api.host.clone()),
+            ("KUBERNETES_SERVICE_PORT", api.port.to_string()),
+        ] {
+            env.push(EnvVar {
+                name: name.to_owned(),
+                value: Some(value),
+                ..EnvVar::default()
+            });
+        }
+    }
+    if let Some(s3) = s3 {
+        for (name, key) in [
+            ("AWS_ACCESS_KEY_ID", "accessKey"),
+            ("AWS_SECRET_ACCESS_KEY", "secretKey"),
+        ] {
+            env.push(EnvVar {
+                name: name.to_owned(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: s3.credentials_secret.clone(),
+                        key: key.to_owned(),
+                        // Missing keys are the agent's to report ("S3 credentials missing":
+                        // inline Snapshots still work), not a pod stuck in
+                        // CreateContainerConfigError.
+                        optional: Some(true),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+    }
+    env
+}
+
 fn field_env(name: &str, field_path: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -388,6 +574,45 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
         ..EnvVar::default()
     }
 }
+
+/// The volume and mount of `spec.alerts.syslog.caSecret`, when one is named: agents may not read
+/// Secrets through the API, so the kubelet hands them the CA (and its rotations). Optional, so a
+/// missing Secret leaves the agent running (it says which file it cannot read) instead of
+/// holding every pod in ContainerCreating.
+fn syslog_ca_volume(fi: &FileIntegrity) -> Option<(VolumeMount, Volume)> {
+    let secret = fi
+        .spec
+        .alerts
+        .as_ref()?
+        .syslog
+        .as_ref()?
+        .ca_secret
+        .clone()?;
+    Some((
+        VolumeMount {
+            name: SYSLOG_CA_VOLUME.to_owned(),
+            mount_path: kube_fim_crds::SYSLOG_CA_MOUNT_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        Volume {
+            name: SYSLOG_CA_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret),
+                items: Some(vec![KeyToPath {
+                    key: kube_fim_crds::SYSLOG_CA_KEY.to_owned(),
+                    path: kube_fim_crds::SYSLOG_CA_KEY.to_owned(),
+                    ..KeyToPath::default()
+                }]),
+                optional: Some(true),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ))
+}
+
+const SYSLOG_CA_VOLUME: &str = "syslog-ca";
 
 fn host_path_volume(name: &str, path: &str, type_: &str) -> Volume {
     Volume {
@@ -529,6 +754,22 @@ spec: {}
         let port = &c.ports.as_ref().unwrap()[0];
         assert_eq!(port.name.as_deref(), Some("metrics"));
         assert_eq!(port.container_port, DEFAULT_METRICS_PORT);
+        // Issue 10, item 4: probes backed by the worker's progress, plain HTTP on that port.
+        for (probe, path) in [
+            (c.liveness_probe.as_ref(), "/livez"),
+            (c.readiness_probe.as_ref(), "/readyz"),
+        ] {
+            let get = probe
+                .and_then(|p| p.http_get.as_ref())
+                .expect("httpGet probe");
+            assert_eq!(get.path.as_deref(), Some(path));
+            assert_eq!(get.port, IntOrString::String("metrics".into()));
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+        assert_eq!(
+            c.liveness_probe.as_ref().unwrap().failure_threshold,
+            Some(3)
+        );
     }
 
     #[test]
@@ -537,8 +778,7 @@ spec: {}
         assert_eq!(
             container(&minimal).args.as_ref().unwrap().join(" "),
             "daemon --file-integrity example --root /host --db-dir /baseline \
-             --config-map fim-config-example --grace-period 900 --max-backups 5 \
-             --metrics-addr 0.0.0.0:8080 --realtime"
+             --config-map fim-config-example --metrics-addr 0.0.0.0:8080 --realtime"
         );
 
         let full = fi(&MINIMAL.replace(
@@ -558,12 +798,98 @@ spec: {}
         assert_eq!(
             container(&ds).args.as_ref().unwrap().join(" "),
             "daemon --file-integrity example --root /host --db-dir /baseline \
-             --config-map fim-config-example --grace-period 60 --max-backups 2 \
-             --metrics-addr 0.0.0.0:8080 --full-scan-every 3600 --containers \
-             --container-algorithm sha512 --debug"
+             --config-map fim-config-example --metrics-addr 0.0.0.0:8080 \
+             --full-scan-every 3600 --containers --container-algorithm sha512 \
+             --max-remediations 3 --remediation-window 600"
         );
         assert_eq!(pod_spec(&ds).host_pid, Some(true));
         assert_eq!(caps(&ds), ["DAC_READ_SEARCH", "SYS_PTRACE"]);
+
+        // KILL only when some remediation may kill.
+        let kill = fi(&MINIMAL.replace(
+            "spec: {}",
+            "spec:
+  realtime: false
+  containers:
+    enabled: true
+    allowKill: true
+    maxRemediations: 5
+    remediationWindowSeconds: 60",
+        ));
+        let ds = desired_daemonset(&kill, &opts()).unwrap();
+        let args = container(&ds).args.as_ref().unwrap().join(" ");
+        assert!(
+            args.ends_with("--max-remediations 5 --remediation-window 60 --allow-kill"),
+            "{args}"
+        );
+        assert_eq!(caps(&ds), ["DAC_READ_SEARCH", "SYS_PTRACE", "KILL"]);
+        let minimal = desired_daemonset(&fi(MINIMAL), &opts()).unwrap();
+        assert_eq!(pod_spec(&minimal).host_pid, Some(false));
+        assert!(!caps(&minimal).contains(&"KILL".to_owned()));
+    }
+
+    #[test]
+    fn agents_get_the_snapshot_bucket_only_for_container_monitoring() {
+        let with_s3 = AgentOptions {
+            s3: Some(AgentS3 {
+                endpoint: "http://minio.minio:9000".into(),
+                bucket: "integrity".into(),
+                region: "us-east-1".into(),
+                credentials_secret: "fim-agent-s3".into(),
+            }),
+            ..opts()
+        };
+        let s3_env = |ds: &DaemonSet| -> Vec<(String, String, String)> {
+            container(ds)
+                .env
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|e| {
+                    let r = e.value_from?.secret_key_ref?;
+                    Some((e.name, r.name, r.key))
+                })
+                .collect()
+        };
+        let containers = fi(&MINIMAL.replace(
+            "spec: {}",
+            "spec:
+  containers:
+    enabled: true",
+        ));
+        let ds = desired_daemonset(&containers, &with_s3).unwrap();
+        let args = container(&ds).args.as_ref().unwrap().join(" ");
+        assert!(
+            args.ends_with(
+                "--s3-endpoint http://minio.minio:9000 --s3-bucket integrity --s3-region us-east-1"
+            ),
+            "{args}"
+        );
+        assert_eq!(
+            s3_env(&ds),
+            [
+                (
+                    "AWS_ACCESS_KEY_ID".to_owned(),
+                    "fim-agent-s3".to_owned(),
+                    "accessKey".to_owned()
+                ),
+                (
+                    "AWS_SECRET_ACCESS_KEY".to_owned(),
+                    "fim-agent-s3".to_owned(),
+                    "secretKey".to_owned()
+                ),
+            ]
+        );
+        // Node monitoring alone never reads Snapshots: no bucket, no keys.
+        let node_only = desired_daemonset(&fi(MINIMAL), &with_s3).unwrap();
+        assert!(
+            !container(&node_only)
+                .args
+                .as_ref()
+                .unwrap()
+                .contains(&"--s3-endpoint".to_owned())
+        );
+        assert_eq!(s3_env(&node_only), []);
     }
 
     #[test]
@@ -644,6 +970,46 @@ spec: {}
     }
 
     #[test]
+    fn a_syslog_ca_secret_is_mounted_where_the_agent_reads_it() {
+        let ds = desired_daemonset(&fi(MINIMAL), &opts()).unwrap();
+        assert!(
+            !pod_spec(&ds)
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|v| v.secret.is_some()),
+            "no Secret is mounted without a caSecret"
+        );
+        let tls = fi(&MINIMAL.replace(
+            "spec: {}",
+            "spec:\n  alerts:\n    syslog:\n      host: logs\n      protocol: tls\n      caSecret: syslog-ca",
+        ));
+        let ds = desired_daemonset(&tls, &opts()).unwrap();
+        let volume = pod_spec(&ds)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "syslog-ca")
+            .expect("syslog-ca volume");
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("syslog-ca"));
+        assert_eq!(secret.optional, Some(true));
+        assert_eq!(secret.items.as_ref().unwrap()[0].key, "ca.crt");
+        let mount = container(&ds)
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "syslog-ca")
+            .expect("syslog-ca mount");
+        // The agent's default --syslog-ca-dir.
+        assert_eq!(mount.mount_path, kube_fim_crds::SYSLOG_CA_MOUNT_DIR);
+        assert_eq!(mount.read_only, Some(true));
+    }
+
+    #[test]
     fn volumes_env_and_no_config_mount() {
         let ds = desired_daemonset(&fi(MINIMAL), &opts()).unwrap();
         let pod = pod_spec(&ds);
@@ -702,6 +1068,78 @@ spec: {}
                 "kubectl.kubernetes.io/default-container".to_owned(),
                 AGENT_CONTAINER.to_owned()
             )])
+        );
+    }
+
+    #[test]
+    fn api_server_addresses_parse() {
+        let parse = |t: &str| t.parse::<ApiServer>();
+        let api = |host: &str, port| ApiServer {
+            host: host.into(),
+            port,
+        };
+        assert_eq!(parse("https://127.0.0.1:6443"), Ok(api("127.0.0.1", 6443)));
+        assert_eq!(parse("127.0.0.1:6443"), Ok(api("127.0.0.1", 6443)));
+        assert_eq!(
+            parse("https://api.example:8443/"),
+            Ok(api("api.example", 8443))
+        );
+        assert_eq!(parse("https://10.0.0.1"), Ok(api("10.0.0.1", 443)));
+        assert_eq!(parse("https://[::1]:6443"), Ok(api("::1", 6443)));
+        for bad in [
+            "",
+            "https://",
+            "http://127.0.0.1:80",
+            "https://h:notaport",
+            "https://h:0",
+            "https://h:1/path",
+            "https://[::1:6443",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(api("127.0.0.1", 1).is_loopback());
+        assert!(api("127.5.0.1", 1).is_loopback());
+        assert!(api("::1", 1).is_loopback());
+        assert!(api("localhost", 1).is_loopback());
+        assert!(!api("10.0.0.1", 1).is_loopback());
+        assert!(!api("api.example", 1).is_loopback());
+    }
+
+    #[test]
+    fn an_api_server_address_sets_the_env_and_loopback_the_host_network() {
+        let env_of = |ds: &DaemonSet| -> BTreeMap<String, Option<String>> {
+            container(ds)
+                .env
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.name, e.value))
+                .collect()
+        };
+        let ds = desired_daemonset(&fi(MINIMAL), &opts()).unwrap();
+        assert_eq!(pod_spec(&ds).host_network, None);
+        assert!(!env_of(&ds).contains_key("KUBERNETES_SERVICE_HOST"));
+
+        let with = |url: &str| AgentOptions {
+            api_server: Some(url.parse().unwrap()),
+            ..opts()
+        };
+        let ds = desired_daemonset(&fi(MINIMAL), &with("https://127.0.0.1:6443")).unwrap();
+        assert_eq!(pod_spec(&ds).host_network, Some(true));
+        let env = env_of(&ds);
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"].as_deref(), Some("127.0.0.1"));
+        assert_eq!(env["KUBERNETES_SERVICE_PORT"].as_deref(), Some("6443"));
+        assert!(env.contains_key("NODE_NAME"));
+
+        let ds = desired_daemonset(&fi(MINIMAL), &with("https://10.0.0.1:6443")).unwrap();
+        assert_eq!(
+            pod_spec(&ds).host_network,
+            None,
+            "not loopback: pod network"
+        );
+        assert_eq!(
+            env_of(&ds)["KUBERNETES_SERVICE_HOST"].as_deref(),
+            Some("10.0.0.1")
         );
     }
 

@@ -13,8 +13,19 @@ pub const NODE_REASON: &str = "NodeIntegrityStatus";
 pub const REINIT_REASON: &str = "ReinitRequested";
 /// Reason of the Warning naming re-init targets that are not selected nodes.
 pub const REINIT_UNKNOWN_REASON: &str = "ReinitUnknownNodes";
+/// Warning: a re-init re-baselines nodes whose latest result is Failed, accepting their
+/// findings into the new baseline (issue 10, item 8: a rule change must not launder them).
+pub const REINIT_ACCEPTS_FINDINGS_REASON: &str = "ReinitAcceptsFindings";
+/// Reason of the Normal event saying `re-init-on-failed` found no Failed node to re-initialise.
+pub const REINIT_NO_FAILED_REASON: &str = "ReinitOnFailedNoFailedNodes";
+/// Warning: a node reports a baseline database the operator did not see it create (issue 10,
+/// item 2); the node counts as Errored until a re-init.
+pub const BASELINE_REPLACED_REASON: &str = "BaselineReplaced";
 /// Reason of the Warning about a `spec.priorityClassName` that does not exist.
 pub const PRIORITY_CLASS_REASON: &str = "PriorityClassNotFound";
+/// A node's status or failure ConfigMap was found under its name saying another node, and
+/// replaced.
+pub const NODE_OBJECT_REPLACED_REASON: &str = "NodeObjectReplaced";
 
 /// Node names listed in an event before `and N more`.
 const MAX_LISTED_NODES: usize = 10;
@@ -46,9 +57,14 @@ impl EventMessage {
 
 /// The `NodeIntegrityStatus` event for `node`'s current result:
 /// - `no changes to node X` (Normal),
-/// - `node X has changed! a:1,c:1,r:0 log:ns/name` (Warning),
+/// - `node X has changed! a:1,c:1,r:0 log:ns/name` (Warning), followed by the first paths of
+///   `changed_paths` (see [`listed_paths`]),
 /// - `node X has an error! message` (Warning).
-pub fn node_event_message(node: &str, result: &ScanResult) -> EventMessage {
+pub fn node_event_message(
+    node: &str,
+    result: &ScanResult,
+    changed_paths: &[String],
+) -> EventMessage {
     let (type_, message) = match result.condition {
         ScanCondition::Succeeded => (EventType::Normal, format!("no changes to node {node}")),
         ScanCondition::Failed => {
@@ -62,6 +78,8 @@ pub fn node_event_message(node: &str, result: &ScanResult) -> EventMessage {
                     None => message.push_str(&format!(" log:{name}")),
                 }
             }
+            let budget = MAX_NOTE_BYTES.saturating_sub(message.len());
+            message.push_str(&listed_paths(result, changed_paths, budget));
             (EventType::Warning, message)
         }
         ScanCondition::Errored => {
@@ -100,7 +118,8 @@ pub fn phase_event(
     })
 }
 
-/// The Normal event announcing re-init request `id` (`by`: `demand`, `node`, `config`).
+/// The Normal event announcing re-init request `id` (`by`: `demand`, `node`, `config`,
+/// `failed`).
 pub fn reinit_requested_message(
     id: u64,
     by: &[&str],
@@ -108,6 +127,8 @@ pub fn reinit_requested_message(
 ) -> EventMessage {
     let why = if by.contains(&"config") {
         "the rules changed"
+    } else if by == ["failed"] {
+        "re-init-on-failed: the Failed nodes"
     } else {
         "requested by annotation"
     };
@@ -123,6 +144,38 @@ pub fn reinit_requested_message(
         type_: EventType::Normal,
         reason: REINIT_REASON,
         message: truncate(message, MAX_NOTE_BYTES),
+    }
+}
+
+/// The Normal event when `re-init-on-failed` finds no Failed node with an agent to re-initialise
+/// (the annotation is removed all the same).
+pub fn reinit_no_failed_nodes_message() -> EventMessage {
+    EventMessage {
+        type_: EventType::Normal,
+        reason: REINIT_NO_FAILED_REASON,
+        message: "re-init-on-failed: no selected node's latest result is Failed; nothing to \
+                  re-initialise"
+            .to_owned(),
+    }
+}
+
+/// The Warning naming the Failed nodes whose findings re-init request `id` accepts into their
+/// new baselines.
+pub fn reinit_accepts_findings_message(
+    id: u64,
+    nodes: &std::collections::BTreeSet<String>,
+) -> EventMessage {
+    EventMessage {
+        type_: EventType::Warning,
+        reason: REINIT_ACCEPTS_FINDINGS_REASON,
+        message: truncate(
+            format!(
+                "re-init request {id} re-baselines nodes with unresolved integrity failures, \
+                 accepting their findings (their reports stay as a record): {}",
+                list_nodes(nodes.iter().map(String::as_str))
+            ),
+            MAX_NOTE_BYTES,
+        ),
     }
 }
 
@@ -142,6 +195,29 @@ pub fn reinit_unknown_nodes_message(unknown: &std::collections::BTreeSet<String>
     }
 }
 
+/// The `BaselineReplaced` Warning for `node`: it reports baseline `reported` where the
+/// operator recorded `anchored` (`None`: no record at all).
+pub fn baseline_replaced_message(
+    node: &str,
+    anchored: Option<&str>,
+    reported: &str,
+) -> EventMessage {
+    let recorded = match anchored {
+        Some(a) => format!("the operator recorded {a} when the node created its baseline"),
+        None => "the operator holds no record of this node's baseline".to_owned(),
+    };
+    EventMessage {
+        type_: EventType::Warning,
+        reason: BASELINE_REPLACED_REASON,
+        message: truncate(
+            format!(
+                "baseline replaced: node {node} reports baseline database {reported} without a                  matching re-init request, but {recorded}. The node counts as Errored until                  fim.kubefim.io/re-init re-baselines it"
+            ),
+            MAX_NOTE_BYTES,
+        ),
+    }
+}
+
 /// The Warning about a PriorityClass that does not exist.
 pub fn priority_class_missing_message(class: &str) -> EventMessage {
     EventMessage {
@@ -151,6 +227,26 @@ pub fn priority_class_missing_message(class: &str) -> EventMessage {
             format!(
                 "PriorityClass {class} not found: the agent DaemonSet is created without a \
                  priority class until it exists"
+            ),
+            MAX_NOTE_BYTES,
+        ),
+    }
+}
+
+/// `kind` `name`, which the operator creates for `node`, said node `said`: it was replaced.
+pub fn node_object_replaced_message(
+    kind: &str,
+    name: &str,
+    node: &str,
+    said: &str,
+) -> EventMessage {
+    EventMessage {
+        type_: EventType::Warning,
+        reason: NODE_OBJECT_REPLACED_REASON,
+        message: truncate(
+            format!(
+                "{kind} {name} is node {node}'s but said node {said:?} (written by someone other \
+                 than the operator): replaced with an empty one for node {node}"
             ),
             MAX_NOTE_BYTES,
         ),
@@ -196,6 +292,70 @@ pub fn should_reemit(previous: Option<&NodeEventKey>, new: &NodeEventKey) -> boo
     previous != Some(new)
 }
 
+/// Longest path quoted in an event, in bytes.
+const MAX_EVENT_PATH_BYTES: usize = 256;
+
+/// The paths part of a Failed node event (issue 10, item 7: evidence cannot be flooded away):
+/// `; changed: /etc/passwd; removed: /x; added: /a, /b; 99998 more in the log`, at most `budget`
+/// bytes. `changed_paths` is the node status's list, which the agent orders changed, removed,
+/// then added; the counts of `result` say where each kind ends, so a changed or removed file is
+/// named before any added one, whatever the number of added files. Control characters are
+/// escaped (a file name cannot add lines to the event).
+pub fn listed_paths(result: &ScanResult, changed_paths: &[String], budget: usize) -> String {
+    const TAIL_RESERVE: usize = 40;
+    if changed_paths.is_empty() || budget <= TAIL_RESERVE {
+        return String::new();
+    }
+    let count = |n: i64| usize::try_from(n).unwrap_or(0);
+    let changed = count(result.files_changed);
+    let removed = count(result.files_removed);
+    let total = changed + removed + count(result.files_added);
+    let kind_of = |i: usize| {
+        if i < changed {
+            "changed"
+        } else if i < changed + removed {
+            "removed"
+        } else {
+            "added"
+        }
+    };
+    let mut out = String::new();
+    let mut listed = 0;
+    let mut kind = "";
+    for (i, path) in changed_paths.iter().enumerate() {
+        let path = truncate(escape_controls(path), MAX_EVENT_PATH_BYTES);
+        let piece = if kind_of(i) == kind {
+            format!(", {path}")
+        } else {
+            format!("; {}: {path}", kind_of(i))
+        };
+        if out.len() + piece.len() > budget - TAIL_RESERVE {
+            break;
+        }
+        kind = kind_of(i);
+        out.push_str(&piece);
+        listed += 1;
+    }
+    let more = total.max(changed_paths.len()) - listed;
+    if more > 0 {
+        out.push_str(&format!("; {more} more in the log"));
+    }
+    out
+}
+
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
 fn truncate(mut s: String, max: usize) -> String {
     const MARK: &str = "...";
@@ -222,7 +382,7 @@ mod tests {
     #[test]
     fn node_messages_match_seed_001() {
         let ok = result("condition: Succeeded\nlastProbeTime: '2020-06-18T01:17:14Z'\n");
-        let e = node_event_message("ip-10-0-134-173.ec2.internal", &ok);
+        let e = node_event_message("ip-10-0-134-173.ec2.internal", &ok, &[]);
         assert_eq!(e.type_, EventType::Normal);
         assert_eq!(e.reason, "NodeIntegrityStatus");
         assert_eq!(e.message, "no changes to node ip-10-0-134-173.ec2.internal");
@@ -236,7 +396,7 @@ resultConfigMapName: aide-ds-example-fileintegrity-ip-10-0-152-92.ec2.internal-f
 resultConfigMapNamespace: openshift-file-integrity
 ",
         );
-        let e = node_event_message("ip-10-0-152-92.ec2.internal", &failed);
+        let e = node_event_message("ip-10-0-152-92.ec2.internal", &failed, &[]);
         assert_eq!(e.type_, EventType::Warning);
         assert_eq!(
             e.message,
@@ -247,14 +407,14 @@ resultConfigMapNamespace: openshift-file-integrity
         let no_log =
             result("condition: Failed\nlastProbeTime: '2020-06-18T01:28:57Z'\nfilesRemoved: 2\n");
         assert_eq!(
-            node_event_message("n1", &no_log).message,
+            node_event_message("n1", &no_log, &[]).message,
             "node n1 has changed! a:0,c:0,r:2"
         );
 
         let errored = result(
             "condition: Errored\nlastProbeTime: '2020-06-18T01:28:57Z'\nerrorMessage: baseline is corrupt\n",
         );
-        let e = node_event_message("n1", &errored);
+        let e = node_event_message("n1", &errored, &[]);
         assert_eq!(e.type_, EventType::Warning);
         assert_eq!(e.message, "node n1 has an error! baseline is corrupt");
     }
@@ -263,10 +423,76 @@ resultConfigMapNamespace: openshift-file-integrity
     fn long_error_messages_fit_the_events_api() {
         let mut r = result("condition: Errored\nlastProbeTime: '2020-06-18T01:28:57Z'\n");
         r.error_message = Some("é".repeat(2000));
-        let e = node_event_message("n1", &r);
+        let e = node_event_message("n1", &r, &[]);
         assert!(e.message.len() <= MAX_NOTE_BYTES);
         assert!(e.message.starts_with("node n1 has an error! éé"));
         assert!(e.message.ends_with("..."));
+    }
+
+    #[test]
+    fn a_flood_of_added_files_does_not_hide_a_changed_one_in_the_event() {
+        // Issue 10, item 7: 100,000 added files and one changed /etc/passwd. The agent's
+        // changedPaths (at most 100) leads with the changed file; the event names it, then as
+        // many added files as fit, then how many more there are. Before, the event carried the
+        // counts only.
+        let mut flood = result(
+            "condition: Failed
+lastProbeTime: '2026-01-01T00:00:00Z'
+filesAdded: 100000
+filesChanged: 1
+resultConfigMapName: nodes-worker-1-failed
+resultConfigMapNamespace: kube-fim
+",
+        );
+        let mut paths = vec!["/etc/passwd".to_owned()];
+        paths.extend((0..99).map(|i| format!("/var/tmp/flood/{i:06}")));
+        let e = node_event_message("worker-1", &flood, &paths);
+        assert!(e.message.len() <= MAX_NOTE_BYTES, "{}", e.message.len());
+        assert!(
+            e.message.starts_with(
+                "node worker-1 has changed! a:100000,c:1,r:0 log:kube-fim/nodes-worker-1-failed; \
+                 changed: /etc/passwd; added: /var/tmp/flood/000000, /var/tmp/flood/000001"
+            ),
+            "{}",
+            e.message
+        );
+        let listed = e.message.matches("/var/tmp/flood/").count();
+        assert!(listed > 10, "{}", e.message);
+        assert!(
+            e.message
+                .ends_with(&format!("; {} more in the log", 100_001 - 1 - listed)),
+            "{}",
+            e.message
+        );
+
+        // Removed files come between, labelled; long and hostile names stay bounded and on
+        // one line.
+        flood.files_removed = 1;
+        let evil = format!("/etc/x\nnode worker-2 has changed!{}", "y".repeat(5000));
+        let paths = vec![
+            "/etc/passwd".to_owned(),
+            evil,
+            "/var/tmp/flood/000000".to_owned(),
+        ];
+        let e = node_event_message("worker-1", &flood, &paths);
+        assert!(e.message.len() <= MAX_NOTE_BYTES);
+        assert!(!e.message.contains('\n'), "{}", e.message);
+        assert!(
+            e.message
+                .contains("; changed: /etc/passwd; removed: /etc/x\\nnode worker-2"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("; added: /var/tmp/flood/000000"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.ends_with("; 99999 more in the log"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -27,7 +27,22 @@ pub const REINIT_DAEMONSET_UPDATE_TOTAL: &str =
 /// Gauge: 1 while a node has unresolved integrity failures, 0 when healthy; label `node`.
 pub const NODE_FAILED: &str = "file_integrity_operator_node_failed";
 
-/// Every metric name, for registration checks.
+/// Gauge (kube-fim, issue 10): 1 while a node's latest result is older than twice
+/// gracePeriod (its agent stopped reporting), 0 otherwise; label `node`.
+pub const NODE_STALE: &str = "file_integrity_operator_node_stale";
+/// Gauge (kube-fim, issue 10): 1 while a node's latest result is Errored; label `node`.
+pub const NODE_ERRORED: &str = "file_integrity_operator_node_errored";
+
+/// Gauge (kube-fim, issue 10): 1 while a node reports a baseline the operator did not see it
+/// create (replaced without a re-init), 0 otherwise; label `node`.
+pub const BASELINE_REPLACED: &str = "file_integrity_operator_baseline_replaced";
+/// Gauge (kube-fim, issue 14): 1 while a monitored container's latest result is Failed; labels
+/// `namespace`, `pod`, `container`.
+pub const CONTAINER_FAILED: &str = "file_integrity_operator_container_failed";
+/// Counter (kube-fim, issue 14): container remediations; labels `action`, `result`.
+pub const CONTAINER_REMEDIATION_TOTAL: &str = "file_integrity_operator_container_remediation_total";
+
+/// Every metric name of the file-integrity-operator, for registration checks.
 pub const ALL: [&str; 10] = [
     PHASE_TOTAL,
     ERROR_TOTAL,
@@ -52,6 +67,8 @@ pub const LABEL_OPERATION: &str = "operation";
 /// `by` value of a re-init caused by a config change (`demand` and `node` come from
 /// `ReinitTargets::by`).
 pub const REINIT_BY_CONFIG: &str = "config";
+/// `by` value of a re-init of the Failed nodes (`fim.kubefim.io/re-init-on-failed`).
+pub const REINIT_BY_FAILED: &str = "failed";
 
 /// `error` label values of [`ERROR_TOTAL`]: the only values
 /// [`crate::config::ConfigError::reason`] returns.

@@ -12,7 +12,7 @@
 //!    Errored one: both show in the counts and in the `IntegrityFailed` / `ScanErrored`
 //!    conditions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
     api::apps::v1::DaemonSetStatus,
@@ -33,6 +33,8 @@ pub const AGENTS_READY: &str = "AgentsReady";
 pub const INTEGRITY_FAILED: &str = "IntegrityFailed";
 /// Condition: a node's latest scan could not complete.
 pub const SCAN_ERRORED: &str = "ScanErrored";
+/// Condition: a node reports a baseline the operator did not see it create (issue 10, item 2).
+pub const BASELINE_REPLACED: &str = "BaselineReplaced";
 
 /// Condition: `spec.priorityClassName` names an existing PriorityClass (only present when the
 /// spec names one).
@@ -127,6 +129,162 @@ pub fn add_priority_class_condition(
     }
 }
 
+/// Condition type: whether some node's latest result is older than twice `gracePeriod` (its
+/// agent stopped reporting: dead, wedged or cut off). Issue 10, item 4.
+pub const NODES_STALE: &str = "NodesStale";
+
+/// Which nodes are stale at `now`, and when the next one will be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Staleness {
+    /// Every node with a result: `true` when stale.
+    pub stale: BTreeMap<String, bool>,
+    /// How long until a node that is fresh now turns stale (to look again then).
+    pub next_in: Option<std::time::Duration>,
+}
+
+impl Staleness {
+    pub fn stale_nodes(&self) -> Vec<String> {
+        self.stale
+            .iter()
+            .filter(|(_, s)| **s)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// A node is stale when its latest result (`lastProbeTime`, refreshed by every periodic check)
+/// is older than `2 × grace_period` seconds. Nodes without a result or re-creating their
+/// baseline are initialising, not stale.
+pub fn staleness(
+    node_statuses: &[FileIntegrityNodeStatus],
+    grace_period: i64,
+    pending_reinit: &BTreeSet<String>,
+    now: Timestamp,
+) -> Staleness {
+    let limit = grace_period.max(1).saturating_mul(2);
+    let mut out = Staleness::default();
+    for s in node_statuses {
+        let node = &s.spec.node_name;
+        let Some(result) = s.spec.last_result.as_ref() else {
+            continue;
+        };
+        if pending_reinit.contains(node) {
+            continue;
+        }
+        let age = now
+            .as_second()
+            .saturating_sub(result.last_probe_time.0.as_second());
+        let stale = age > limit;
+        if !stale {
+            let left = std::time::Duration::from_secs(u64::try_from(limit - age).unwrap_or(0) + 1);
+            out.next_in = Some(out.next_in.map_or(left, |n| n.min(left)));
+        }
+        out.stale.insert(node.clone(), stale);
+    }
+    out
+}
+
+/// Adds the [`NODES_STALE`] condition for `stale` nodes.
+pub fn add_stale_condition(
+    status: &mut FileIntegrityStatus,
+    fi: &FileIntegrity,
+    stale: &[String],
+    now: Timestamp,
+) {
+    let previous = fi
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let value = if stale.is_empty() { "False" } else { "True" };
+    let (reason, message) = if stale.is_empty() {
+        (
+            "Recent",
+            "every node reported within twice gracePeriod".to_owned(),
+        )
+    } else {
+        (
+            "NoRecentResult",
+            format!(
+                "no result for more than twice gracePeriod from: {}",
+                list_nodes(stale)
+            ),
+        )
+    };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == NODES_STALE && c.status == value)
+        .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
+    status.conditions.push(Condition {
+        type_: NODES_STALE.to_owned(),
+        status: value.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time,
+        observed_generation: fi.metadata.generation,
+    });
+}
+
+/// Condition type: the backoff stopped a container remediation (issue 14): some workload was
+/// remediated `maxRemediations` times within `remediationWindowSeconds` and is tampered again.
+pub const REMEDIATION_SUPPRESSED: &str = "RemediationSuppressed";
+
+/// Adds the [`REMEDIATION_SUPPRESSED`] condition when `spec.containers.enabled`: True while a
+/// suppression (`suppressed`: workload → seconds) is younger than the remediation window.
+/// Returns how long until it turns False, to look again then.
+pub fn add_suppressed_condition(
+    status: &mut FileIntegrityStatus,
+    fi: &FileIntegrity,
+    suppressed: &BTreeMap<String, i64>,
+    now: Timestamp,
+) -> Option<std::time::Duration> {
+    let settings = fi.spec.containers.as_ref().filter(|c| c.enabled)?;
+    let window = settings.remediation_window_seconds.max(1);
+    let recent: Vec<(&String, i64)> = suppressed
+        .iter()
+        .map(|(w, at)| (w, *at))
+        .filter(|(_, at)| now.as_second() - at < window)
+        .collect();
+    let previous = fi
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let value = if recent.is_empty() { "False" } else { "True" };
+    let (reason, message) = if recent.is_empty() {
+        (
+            "WithinLimit",
+            format!("no container remediation suppressed within the last {window}s"),
+        )
+    } else {
+        let names: Vec<String> = recent.iter().map(|(w, _)| (*w).clone()).collect();
+        (
+            "TooManyRemediations",
+            format!(
+                "remediation suppressed for {}: {} remediations within {window}s already",
+                list_nodes(&names),
+                settings.max_remediations.max(1)
+            ),
+        )
+    };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == REMEDIATION_SUPPRESSED && c.status == value)
+        .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
+    status.conditions.push(Condition {
+        type_: REMEDIATION_SUPPRESSED.to_owned(),
+        status: value.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time,
+        observed_generation: fi.metadata.generation,
+    });
+    let until = recent.iter().map(|(_, at)| at + window).max()?;
+    Some(std::time::Duration::from_secs(
+        u64::try_from(until - now.as_second()).unwrap_or(0) + 1,
+    ))
+}
+
 /// Node names listed in a condition message before `and N more`.
 const MAX_LISTED_NODES: usize = 5;
 /// Longest config error kept in a condition message (the API allows 32768 bytes).
@@ -139,16 +297,21 @@ const MAX_MESSAGE_CHARS: usize = 1024;
 /// - `node_statuses`: its FileIntegrityNodeStatus objects for the currently selected nodes;
 /// - `config_error`: why the rules are unusable, if they are;
 /// - `pending_reinit`: nodes that have not acknowledged the current re-init request;
+/// - `replaced`: nodes whose baseline was replaced without a re-init ([`crate::anchor`]):
+///   Errored whatever their own result says;
 /// - `now`: transition time of conditions whose status changes.
+///
+/// `baselines` is left empty: the caller sets it from [`crate::anchor::judge_all`].
 pub fn compute_status(
     fi: &FileIntegrity,
     daemonset: Option<&DaemonSetStatus>,
     node_statuses: &[FileIntegrityNodeStatus],
     config_error: Option<&str>,
     pending_reinit: &BTreeSet<String>,
+    replaced: &BTreeSet<String>,
     now: Timestamp,
 ) -> FileIntegrityStatus {
-    let counts = NodeCounts::new(daemonset, node_statuses, pending_reinit);
+    let counts = NodeCounts::new(daemonset, node_statuses, pending_reinit, replaced);
     let phase = if config_error.is_some() {
         FileIntegrityPhase::Error
     } else if daemonset.is_none_or(|ds| ds.observed_generation.is_none()) {
@@ -251,6 +414,26 @@ pub fn compute_status(
             format!("files changed on {}", list_nodes(&counts.failed_nodes)),
         )
     });
+    conditions.push(if replaced.is_empty() {
+        condition(
+            BASELINE_REPLACED,
+            false,
+            "BaselinesAnchored",
+            "every node reports the baseline the operator saw it create".into(),
+        )
+    } else {
+        let nodes: Vec<String> = replaced.iter().cloned().collect();
+        condition(
+            BASELINE_REPLACED,
+            true,
+            "BaselineReplaced",
+            format!(
+                "baseline replaced without a re-init request on {}; re-init these nodes after \
+                 inspecting them",
+                list_nodes(&nodes)
+            ),
+        )
+    });
     conditions.push(if counts.errored_nodes.is_empty() {
         condition(
             SCAN_ERRORED,
@@ -276,6 +459,9 @@ pub fn compute_status(
         succeeded: counts.succeeded,
         failed: to_i32(counts.failed_nodes.len()),
         errored: to_i32(counts.errored_nodes.len()),
+        baselines: Vec::new(),
+        // Written apart, under its own field manager (operator/src/containers).
+        container_remediations: Vec::new(),
     }
 }
 
@@ -294,10 +480,15 @@ impl NodeCounts {
         daemonset: Option<&DaemonSetStatus>,
         node_statuses: &[FileIntegrityNodeStatus],
         pending_reinit: &BTreeSet<String>,
+        replaced: &BTreeSet<String>,
     ) -> Self {
         let mut counts = NodeCounts::default();
         for status in node_statuses {
             let node = &status.spec.node_name;
+            if replaced.contains(node) {
+                counts.errored_nodes.push(node.clone());
+                continue;
+            }
             // A node re-creating its baseline reports its old result meanwhile: it is
             // initialising, whatever that result says.
             let condition = match &status.spec.last_result {
@@ -433,6 +624,7 @@ nodeName: {name}
             &nodes,
             Some("configmap kube-fim/myconf not found"),
             &none(),
+            &none(),
             now(),
         );
         assert_eq!(s.phase, FileIntegrityPhase::Error);
@@ -448,20 +640,20 @@ nodeName: {name}
 
     #[test]
     fn pending_until_the_daemonset_is_observed() {
-        let s = compute_status(&fi(), None, &[], None, &none(), now());
+        let s = compute_status(&fi(), None, &[], None, &none(), &none(), now());
         assert_eq!(s.phase, FileIntegrityPhase::Pending);
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(cond(&s, CONFIG_VALID).status, "True");
 
         let unobserved = DaemonSetStatus::default();
-        let s = compute_status(&fi(), Some(&unobserved), &[], None, &none(), now());
+        let s = compute_status(&fi(), Some(&unobserved), &[], None, &none(), &none(), now());
         assert_eq!(s.phase, FileIntegrityPhase::Pending);
         assert_eq!(cond(&s, AVAILABLE).reason, "Pending");
     }
 
     #[test]
     fn no_selected_node_is_not_active() {
-        let s = compute_status(&fi(), Some(&ds(0, 0)), &[], None, &none(), now());
+        let s = compute_status(&fi(), Some(&ds(0, 0)), &[], None, &none(), &none(), now());
         assert_eq!(s.phase, FileIntegrityPhase::Pending);
         assert_eq!(s.nodes, 0);
         let available = cond(&s, AVAILABLE);
@@ -475,7 +667,15 @@ nodeName: {name}
     fn initializing_while_nodes_have_not_reported() {
         // Three agents scheduled, one reported a result, one a status without result.
         let nodes = [node("a", Some("Succeeded")), node("b", None)];
-        let s = compute_status(&fi(), Some(&ds(3, 3)), &nodes, None, &none(), now());
+        let s = compute_status(
+            &fi(),
+            Some(&ds(3, 3)),
+            &nodes,
+            None,
+            &none(),
+            &none(),
+            now(),
+        );
         assert_eq!(s.phase, FileIntegrityPhase::Initializing);
         assert_eq!((s.nodes, s.initializing, s.succeeded), (3, 2, 1));
         assert_eq!(cond(&s, AVAILABLE).reason, "Initializing");
@@ -485,7 +685,15 @@ nodeName: {name}
     fn pending_reinit_makes_a_node_initializing() {
         let nodes = [node("a", Some("Succeeded")), node("b", Some("Failed"))];
         let pending = BTreeSet::from(["b".to_owned()]);
-        let s = compute_status(&fi(), Some(&ds(2, 2)), &nodes, None, &pending, now());
+        let s = compute_status(
+            &fi(),
+            Some(&ds(2, 2)),
+            &nodes,
+            None,
+            &pending,
+            &none(),
+            now(),
+        );
         assert_eq!(s.phase, FileIntegrityPhase::Initializing);
         assert_eq!((s.initializing, s.succeeded, s.failed), (1, 1, 0));
     }
@@ -497,7 +705,15 @@ nodeName: {name}
             node("b", Some("Failed")),
             node("c", Some("Errored")),
         ];
-        let s = compute_status(&fi(), Some(&ds(3, 2)), &nodes, None, &none(), now());
+        let s = compute_status(
+            &fi(),
+            Some(&ds(3, 2)),
+            &nodes,
+            None,
+            &none(),
+            &none(),
+            now(),
+        );
         assert_eq!(s.phase, FileIntegrityPhase::Active);
         assert_eq!(
             (s.nodes, s.initializing, s.succeeded, s.failed, s.errored),
@@ -527,13 +743,29 @@ nodeName: {name}
     #[test]
     fn transition_time_moves_only_when_status_flips() {
         let healthy = [node("a", Some("Succeeded"))];
-        let first = compute_status(&fi(), Some(&ds(1, 1)), &healthy, None, &none(), now());
+        let first = compute_status(
+            &fi(),
+            Some(&ds(1, 1)),
+            &healthy,
+            None,
+            &none(),
+            &none(),
+            now(),
+        );
         let mut object = fi();
         object.status = Some(first);
 
         let later: Timestamp = "2026-03-01T13:00:00Z".parse().unwrap();
         let failing = [node("a", Some("Failed"))];
-        let second = compute_status(&object, Some(&ds(1, 1)), &failing, None, &none(), later);
+        let second = compute_status(
+            &object,
+            Some(&ds(1, 1)),
+            &failing,
+            None,
+            &none(),
+            &none(),
+            later,
+        );
         assert_eq!(cond(&second, AVAILABLE).last_transition_time, Time(now()));
         assert_eq!(
             cond(&second, CONFIG_VALID).last_transition_time,
@@ -554,7 +786,7 @@ nodeName: {name}
             "node-0, node-1, node-2, node-3, node-4 and 3 more"
         );
         let long = "x".repeat(5000);
-        let s = compute_status(&fi(), None, &[], Some(&long), &none(), now());
+        let s = compute_status(&fi(), None, &[], Some(&long), &none(), &none(), now());
         assert_eq!(
             cond(&s, CONFIG_VALID).message.chars().count(),
             MAX_MESSAGE_CHARS + 3
@@ -563,7 +795,7 @@ nodeName: {name}
 
     #[test]
     fn priority_class_condition_says_what_happened() {
-        let mut s = compute_status(&fi(), None, &[], None, &none(), now());
+        let mut s = compute_status(&fi(), None, &[], None, &none(), &none(), now());
         let before = s.conditions.len();
         add_priority_class_condition(&mut s, &fi(), &PriorityClassCheck::NotRequested, now());
         assert_eq!(s.conditions.len(), before, "no class asked, no condition");

@@ -10,10 +10,10 @@
 //! 2. The operator records `{id, annotation, nodes, done: false}` in the FileIntegrity
 //!    annotation [`REQUEST_ANNOTATION`], with `id` one more than the previous request's (see
 //!    [`plan_request`]); ids only grow, so the record is kept after completion.
-//! 3. The agent of each targeted node whose acknowledged id is below `id` backs up and
+//! 3. The agent of each targeted node whose acknowledged id is not `id` backs up and
 //!    re-creates its baseline, then writes `id` into the annotation [`ACK_ANNOTATION`] of its
-//!    FileIntegrityNodeStatus, together with the new `baselineDigest`. A higher id also answers
-//!    every older request: one re-baseline satisfies them all.
+//!    FileIntegrityNodeStatus, together with the new `baselineDigest`. Only the exact id
+//!    answers a request: a request that replaces another carries its unacknowledged nodes.
 //! 4. When every targeted node that is still selected has acknowledged
 //!    ([`annotation_can_be_removed`]), the operator removes `fim.kubefim.io/re-init` and sets
 //!    `done: true` in one patch. Setting the annotation again then starts request `id + 1`.
@@ -27,8 +27,11 @@
 //!
 //! A new request never drops nodes that have not acknowledged the request it replaces: an agent
 //! may already be re-baselining for it, and a config change must reach every node.
-//! Request ids also stay above every id an agent acknowledged, so losing the request annotation
-//! cannot make a new request look already answered.
+//!
+//! Ids belong to the operator: never computed from the acks agents write (a hostile agent could
+//! otherwise choose the next id, or overflow it with `u64::MAX`). With no request recorded (the
+//! first one, or the annotation was lost) the id is the observation time in milliseconds, so a
+//! new request cannot collide with an id some agent acknowledged earlier.
 //!
 //! Both annotations stand in for CRD fields that should replace them: `status.reinit` on the
 //! FileIntegrity (operator-owned) and `reinitAcknowledged` on the FileIntegrityNodeStatus
@@ -112,17 +115,23 @@ pub fn plan_request(
     selected: &BTreeSet<String>,
 ) -> Option<(ReinitRequest, ReinitTargets)> {
     let value = annotation?;
-    if recorded.is_some_and(|r| !r.done && r.annotation == value) {
+    if recorded.is_some_and(|r| !r.done && r.annotation.as_deref() == Some(value)) {
         return None;
     }
     let targets = parse_targets(value, selected);
     let request = ReinitRequest {
-        id: recorded.map_or(1, |r| r.id + 1),
-        annotation: value.to_owned(),
+        id: next_id(recorded, 1),
+        annotation: Some(value.to_owned()),
         nodes: targets.nodes.clone(),
         done: false,
     };
     Some((request, targets))
+}
+
+/// The id of a request replacing `recorded`: one more than its id, or `fresh` when there is
+/// none (or it is the largest id: `fresh` then starts a new sequence instead of overflowing).
+pub fn next_id(recorded: Option<&ReinitRequest>, fresh: u64) -> u64 {
+    recorded.and_then(|r| r.id.checked_add(1)).unwrap_or(fresh)
 }
 
 /// Acknowledged request id per node.
@@ -139,10 +148,10 @@ pub fn targeted(request: &ReinitRequest, selected: &BTreeSet<String>) -> BTreeSe
     request.nodes.intersection(selected).cloned().collect()
 }
 
-/// Nodes that acknowledged `request` (or a later one).
+/// Nodes that acknowledged `request` (its exact id: an agent cannot answer requests in advance).
 pub fn acknowledged(request: &ReinitRequest, acks: &BTreeMap<String, u64>) -> BTreeSet<String> {
     acks.iter()
-        .filter(|(_, id)| **id >= request.id)
+        .filter(|(_, id)| **id == request.id)
         .map(|(node, _)| node.clone())
         .collect()
 }
@@ -178,12 +187,18 @@ pub const CONFIG_HASH_ANNOTATION: &str = "fim.kubefim.io/re-init-config-hash";
 
 /// `by` label of a request made because the rules changed.
 pub const BY_CONFIG: &str = crate::metrics_labels::REINIT_BY_CONFIG;
+/// `by` label of a request made by `fim.kubefim.io/re-init-on-failed`.
+pub const BY_FAILED: &str = crate::metrics_labels::REINIT_BY_FAILED;
 
 /// Everything [`step`] looks at.
 #[derive(Clone, Copy, Debug)]
 pub struct ReinitInput<'a> {
     /// Value of `fim.kubefim.io/re-init`, if set.
     pub annotation: Option<&'a str>,
+    /// Whether `fim.kubefim.io/re-init-on-failed` is set.
+    pub on_failed: bool,
+    /// Nodes whose latest result is Failed.
+    pub failed: &'a BTreeSet<String>,
     /// The request recorded on the FileIntegrity.
     pub recorded: Option<&'a ReinitRequest>,
     /// [`CONFIG_HASH_ANNOTATION`] on the FileIntegrity.
@@ -194,6 +209,9 @@ pub struct ReinitInput<'a> {
     pub selected: &'a BTreeSet<String>,
     /// Acknowledged request id per node ([`acknowledgements`]).
     pub acks: &'a BTreeMap<String, u64>,
+    /// Id of a request when none is recorded: chosen by the operator (the observation time in
+    /// milliseconds), never derived from `acks`.
+    pub fresh_id: u64,
 }
 
 /// A request [`step`] made.
@@ -214,6 +232,10 @@ pub struct ReinitStep {
     pub record: Option<ReinitRequest>,
     /// Remove `fim.kubefim.io/re-init`: the request it made is done.
     pub remove_annotation: bool,
+    /// The Failed nodes `fim.kubefim.io/re-init-on-failed` asked for (`None`: not set). The
+    /// annotation is removed in the same patch that records their request: it is a one-shot
+    /// trigger (as in file-integrity-operator), the request then follows the protocol.
+    pub on_failed: Option<BTreeSet<String>>,
     /// New value of [`CONFIG_HASH_ANNOTATION`].
     pub config_hash: Option<String>,
     /// The request made by this step, for events and metrics.
@@ -225,7 +247,10 @@ pub struct ReinitStep {
 impl ReinitStep {
     /// Whether there is nothing to write.
     pub fn is_noop(&self) -> bool {
-        self.record.is_none() && !self.remove_annotation && self.config_hash.is_none()
+        self.record.is_none()
+            && !self.remove_annotation
+            && self.on_failed.is_none()
+            && self.config_hash.is_none()
     }
 
     /// The JSON merge patch of `metadata.annotations` that applies this step, guarded by
@@ -237,6 +262,9 @@ impl ReinitStep {
         }
         if self.remove_annotation {
             annotations.insert(labels::REINIT.into(), serde_json::Value::Null);
+        }
+        if self.on_failed.is_some() {
+            annotations.insert(labels::REINIT_ON_FAILED.into(), serde_json::Value::Null);
         }
         if let Some(hash) = &self.config_hash {
             annotations.insert(CONFIG_HASH_ANNOTATION.into(), hash.clone().into());
@@ -254,11 +282,14 @@ impl ReinitStep {
 pub fn step(input: ReinitInput<'_>) -> ReinitStep {
     let ReinitInput {
         annotation,
+        on_failed,
+        failed,
         recorded,
         recorded_config_hash,
         config_hash,
         selected,
         acks,
+        fresh_id,
     } = input;
     let mut out = ReinitStep::default();
 
@@ -271,42 +302,59 @@ pub fn step(input: ReinitInput<'_>) -> ReinitStep {
         }
     };
 
-    let next_id = recorded
-        .map(|r| r.id)
-        .into_iter()
-        .chain(acks.values().copied())
-        .max()
-        .unwrap_or(0)
-        + 1;
+    let next_id = next_id(recorded, fresh_id);
     // Nodes the recorded request still waits for: carried into any request replacing it.
     let carried = recorded.map_or_else(BTreeSet::new, |r| pending(r, acks, selected));
     let user = plan_request(annotation, recorded, selected);
+    // Only nodes an agent runs on: the others could never acknowledge.
+    let failed: Option<BTreeSet<String>> =
+        on_failed.then(|| failed.intersection(selected).cloned().collect());
+    let by_failed = failed
+        .as_ref()
+        .is_some_and(|f| !f.is_empty())
+        .then_some(BY_FAILED);
+    out.on_failed = failed.clone();
 
+    // A new request covers the user annotation whenever it is set (it is either new, merged
+    // here, or the recorded request's, carried): it records its value so that it is not made
+    // again, and removes it once done.
+    let covers = annotation.map(str::to_owned);
     let new = if config_changed {
-        // Every selected node, which also covers whatever the user annotation asks for: the
-        // request records its value so that it is not made again.
+        // Every selected node, which also covers the user's and the Failed nodes.
         let (by_user, unknown) =
             user.map_or((None, BTreeSet::new()), |(_, t)| (Some(t.by()), t.unknown));
         Some(NewRequest {
             request: ReinitRequest {
                 id: next_id,
-                annotation: annotation.unwrap_or_default().to_owned(),
+                annotation: covers,
                 nodes: selected.union(&carried).cloned().collect(),
                 done: false,
             },
-            by: std::iter::once(BY_CONFIG).chain(by_user).collect(),
+            by: std::iter::once(BY_CONFIG)
+                .chain(by_user)
+                .chain(by_failed)
+                .collect(),
+            unknown,
+        })
+    } else if user.is_some() || by_failed.is_some() {
+        let (mut nodes, by_user, unknown) = user
+            .map_or((BTreeSet::new(), None, BTreeSet::new()), |(r, t)| {
+                (r.nodes, Some(t.by()), t.unknown)
+            });
+        nodes.extend(carried);
+        nodes.extend(failed.unwrap_or_default());
+        Some(NewRequest {
+            request: ReinitRequest {
+                id: next_id,
+                annotation: covers,
+                nodes,
+                done: false,
+            },
+            by: by_user.into_iter().chain(by_failed).collect(),
             unknown,
         })
     } else {
-        user.map(|(mut request, targets)| {
-            request.id = next_id;
-            request.nodes.extend(carried);
-            NewRequest {
-                request,
-                by: vec![targets.by()],
-                unknown: targets.unknown,
-            }
-        })
+        None
     };
 
     let current = match new {
@@ -442,7 +490,7 @@ metadata:
         let selected = nodes(&["a", "b", "c"]);
         let request = ReinitRequest {
             id: 4,
-            annotation: String::new(),
+            annotation: None,
             nodes: selected.clone(),
             done: false,
         };
@@ -460,8 +508,14 @@ metadata:
             &done
         ));
 
-        // b re-baselines for a later request (5 also covers 4); c leaves the cluster.
+        // An ack above the request answers nothing (acks are the agents' word, ids the
+        // operator's).
         let statuses = [node_status("a", Some("4")), node_status("b", Some("5"))];
+        let acks = acknowledgements(&statuses);
+        assert_eq!(pending(&request, &acks, &selected), nodes(&["b", "c"]));
+
+        // b re-baselines for it; c leaves the cluster.
+        let statuses = [node_status("a", Some("4")), node_status("b", Some("4"))];
         let acks = acknowledgements(&statuses);
         let still_selected = nodes(&["a", "b"]);
         assert!(pending(&request, &acks, &still_selected).is_empty());
@@ -485,13 +539,17 @@ metadata:
         selected: &'a BTreeSet<String>,
         acks: &'a BTreeMap<String, u64>,
     ) -> ReinitInput<'a> {
+        static NO_FAILED: BTreeSet<String> = BTreeSet::new();
         ReinitInput {
             annotation,
+            on_failed: false,
+            failed: &NO_FAILED,
             recorded,
             recorded_config_hash: Some("h1"),
             config_hash: Some("h1"),
             selected,
             acks,
+            fresh_id: 1,
         }
     }
 
@@ -584,7 +642,7 @@ metadata:
         let new = changed.new.unwrap();
         assert_eq!(new.by, ["config"]);
         assert_eq!(new.request.nodes, selected);
-        assert_eq!(new.request.annotation, "");
+        assert_eq!(new.request.annotation, None);
         assert!(!changed.remove_annotation);
         assert_eq!(changed.pending, selected);
 
@@ -609,11 +667,11 @@ metadata:
     }
 
     #[test]
-    fn a_replacing_request_keeps_unacknowledged_nodes_and_ids_stay_above_acks() {
+    fn a_replacing_request_keeps_unacknowledged_nodes() {
         let selected = nodes(&["a", "b", "c"]);
         let config_request = ReinitRequest {
             id: 4,
-            annotation: String::new(),
+            annotation: None,
             nodes: selected.clone(),
             done: false,
         };
@@ -625,10 +683,13 @@ metadata:
         assert_eq!(request.nodes, nodes(&["b", "c"]));
         assert_eq!(s.pending, nodes(&["b", "c"]));
 
-        // The request annotation was lost, but agents acknowledged up to 9: the next id is 10.
+        // The request annotation was lost: a fresh id, whatever agents acknowledged.
         let acks = BTreeMap::from([("a".to_owned(), 9)]);
-        let s = step(input(Some(""), None, &selected, &acks));
-        assert_eq!(s.record.unwrap().id, 10);
+        let s = step(ReinitInput {
+            fresh_id: 1_700_000_000_000,
+            ..input(Some(""), None, &selected, &acks)
+        });
+        assert_eq!(s.record.unwrap().id, 1_700_000_000_000);
         assert_eq!(s.pending, selected, "an older ack answers nothing new");
     }
 
@@ -637,7 +698,7 @@ metadata:
         let selected = nodes(&["a"]);
         let request = ReinitRequest {
             id: 1,
-            annotation: "a,b".into(),
+            annotation: Some("a,b".into()),
             nodes: nodes(&["a", "b"]),
             done: false,
         };
@@ -645,5 +706,176 @@ metadata:
         let s = step(input(Some("a,b"), Some(&request), &selected, &acks));
         assert!(s.remove_annotation);
         assert_eq!(s.record, Some(request.completed()));
+    }
+
+    fn on_failed<'a>(
+        annotation: Option<&'a str>,
+        recorded: Option<&'a ReinitRequest>,
+        selected: &'a BTreeSet<String>,
+        acks: &'a BTreeMap<String, u64>,
+        failed: &'a BTreeSet<String>,
+    ) -> ReinitInput<'a> {
+        ReinitInput {
+            on_failed: true,
+            failed,
+            ..input(annotation, recorded, selected, acks)
+        }
+    }
+
+    #[test]
+    fn re_init_on_failed_targets_only_the_failed_nodes_and_goes() {
+        let selected = nodes(&["a", "b", "c"]);
+        let failed = nodes(&["b"]);
+        let none = BTreeMap::new();
+        let s = step(on_failed(None, None, &selected, &none, &failed));
+        let new = s.new.clone().unwrap();
+        assert_eq!(new.request.nodes, failed, "only the Failed node");
+        assert_eq!(new.by, ["failed"]);
+        assert_eq!(new.request.annotation, None);
+        assert_eq!(s.pending, failed);
+        assert_eq!(s.on_failed, Some(failed.clone()));
+        assert!(!s.remove_annotation, "no re-init annotation to remove");
+        // One patch records the request and removes the trigger.
+        let patch = s.merge_patch(Some("7"));
+        let annotations = &patch["metadata"]["annotations"];
+        assert_eq!(
+            annotations[labels::REINIT_ON_FAILED],
+            serde_json::Value::Null
+        );
+        assert!(
+            annotations
+                .as_object()
+                .unwrap()
+                .contains_key(labels::REINIT_ON_FAILED)
+        );
+        assert!(
+            !annotations
+                .as_object()
+                .unwrap()
+                .contains_key(labels::REINIT)
+        );
+        assert_eq!(
+            annotations[REQUEST_ANNOTATION],
+            new.request.to_annotation().as_str()
+        );
+
+        // Then the request runs like any other: b acknowledges, done.
+        let recorded = new.request;
+        let acks = BTreeMap::from([("b".to_owned(), recorded.id)]);
+        let done = step(input(None, Some(&recorded), &selected, &acks));
+        assert_eq!(done.record, Some(recorded.completed()));
+        assert!(!done.remove_annotation);
+        assert!(done.pending.is_empty());
+    }
+
+    #[test]
+    fn re_init_on_failed_without_failed_nodes_only_goes() {
+        let selected = nodes(&["a", "b"]);
+        let none = BTreeMap::new();
+        // b is Failed but not selected (left, or its taint is not tolerated): no agent would
+        // acknowledge.
+        let failed = nodes(&["x"]);
+        let s = step(on_failed(None, None, &selected, &none, &failed));
+        assert!(s.new.is_none() && s.record.is_none(), "{s:?}");
+        assert_eq!(s.on_failed, Some(BTreeSet::new()));
+        assert!(!s.is_noop(), "the annotation is removed");
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn re_init_on_failed_joins_a_running_request_and_a_new_user_request() {
+        let selected = nodes(&["a", "b", "c"]);
+        // The user's request for a and b is running; a acknowledged.
+        let running = ReinitRequest {
+            id: 10,
+            annotation: Some("a,b".into()),
+            nodes: nodes(&["a", "b"]),
+            done: false,
+        };
+        let acks = BTreeMap::from([("a".to_owned(), 10)]);
+        let failed = nodes(&["c"]);
+        let s = step(on_failed(
+            Some("a,b"),
+            Some(&running),
+            &selected,
+            &acks,
+            &failed,
+        ));
+        let request = s.record.unwrap();
+        assert_eq!(request.id, 11);
+        assert_eq!(request.nodes, nodes(&["b", "c"]), "b carried, c Failed");
+        assert_eq!(
+            request.annotation.as_deref(),
+            Some("a,b"),
+            "still covers the user's value"
+        );
+
+        // A user annotation in the same step: both, counted by both.
+        let none = BTreeMap::new();
+        let s = step(on_failed(Some("a"), None, &selected, &none, &failed));
+        let new = s.new.unwrap();
+        assert_eq!(new.request.nodes, nodes(&["a", "c"]));
+        assert_eq!(new.by, ["node", "failed"]);
+        assert_eq!(new.request.annotation.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_re_init_asked_during_a_re_init_on_failed_is_not_swallowed() {
+        // Failed before `annotation` was optional: the on-failed request recorded "" and a user
+        // asking `re-init: ""` (every node) meanwhile matched it, so only the Failed node was
+        // re-baselined and the user's annotation was then removed as done.
+        let selected = nodes(&["a", "b"]);
+        let none = BTreeMap::new();
+        let failed = nodes(&["b"]);
+        let first = step(on_failed(None, None, &selected, &none, &failed))
+            .record
+            .unwrap();
+        let s = step(input(Some(""), Some(&first), &selected, &none));
+        let second = s.record.unwrap();
+        assert_eq!(second.id, first.id + 1, "a new request");
+        assert_eq!(second.nodes, selected);
+        assert!(!s.remove_annotation);
+    }
+
+    #[test]
+    fn a_config_change_with_re_init_on_failed_covers_every_node() {
+        let selected = nodes(&["a", "b"]);
+        let none = BTreeMap::new();
+        let failed = nodes(&["b"]);
+        let s = step(ReinitInput {
+            config_hash: Some("h2"),
+            ..on_failed(None, None, &selected, &none, &failed)
+        });
+        let new = s.new.unwrap();
+        assert_eq!(new.request.nodes, selected);
+        assert_eq!(new.by, ["config", "failed"]);
+        assert_eq!(s.on_failed, Some(failed));
+    }
+
+    #[test]
+    fn an_agent_ack_does_not_choose_the_next_id() {
+        // Failed before the fix: max(acks)+1 overflowed (a panic in debug builds).
+        let selected = nodes(&["a", "b"]);
+        let acks = BTreeMap::from([("a".to_owned(), u64::MAX), ("b".to_owned(), 41)]);
+        let s = step(ReinitInput {
+            fresh_id: 1_000,
+            ..input(Some(""), None, &selected, &acks)
+        });
+        let request = s.record.unwrap();
+        assert_eq!(
+            request.id, 1_000,
+            "the operator's fresh id, not one from an ack"
+        );
+        assert_eq!(s.pending, selected, "no ack answers a request in advance");
+        // The next request follows the recorded one, still ignoring acks.
+        let recorded = request.completed();
+        let s = step(input(Some("b"), Some(&recorded), &selected, &acks));
+        assert_eq!(s.record.unwrap().id, 1_001);
+        // A recorded id at the top (someone wrote it) restarts instead of overflowing.
+        let top = ReinitRequest {
+            id: u64::MAX,
+            ..recorded
+        };
+        assert_eq!(next_id(Some(&top), 7), 7);
     }
 }

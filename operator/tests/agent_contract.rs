@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use fim_agent::daemon::DaemonArgs;
-use fim_operator::daemonset::{AgentOptions, desired_daemonset};
+use fim_operator::daemonset::{AgentOptions, AgentS3, desired_daemonset};
 use kube_fim_crds::FileIntegrity;
 
 #[derive(Parser)]
@@ -28,8 +28,14 @@ fn file_integrity(spec: serde_json::Value) -> FileIntegrity {
 }
 
 fn agent_args(fi: &FileIntegrity) -> (DaemonArgs, Vec<String>) {
-    let opts = AgentOptions::new("img", "kube-fim", "fim-agent", "fim-config-worker-fi");
-    let ds = desired_daemonset(fi, &opts).unwrap();
+    agent_args_with(
+        fi,
+        &AgentOptions::new("img", "kube-fim", "fim-agent", "fim-config-worker-fi"),
+    )
+}
+
+fn agent_args_with(fi: &FileIntegrity, opts: &AgentOptions) -> (DaemonArgs, Vec<String>) {
+    let ds = desired_daemonset(fi, opts).unwrap();
     let pod = ds.spec.unwrap().template.spec.unwrap();
     let container = &pod.containers[0];
     let env: Vec<String> = container
@@ -66,10 +72,13 @@ fn the_agent_accepts_the_daemonset_command_line() {
     assert_eq!(args.node, "node-a");
     assert_eq!(args.namespace, "kube-fim");
     assert_eq!(args.config_map, "fim-config-worker-fi");
-    assert_eq!(args.grace_period, 60);
-    assert_eq!(args.max_backups, 2);
     assert_eq!(args.full_scan_every, Some(3600));
-    assert!(args.realtime && args.debug && args.containers);
+    assert!(args.realtime && args.containers);
+    // Followed live from the FileIntegrity, never in the pod template (a change must not roll
+    // the pods): the flags keep their start values.
+    assert_eq!(args.grace_period, 900);
+    assert_eq!(args.max_backups, 5);
+    assert!(!args.debug);
     assert_eq!(args.root.to_str(), Some("/host"));
     assert_eq!(args.db_dir.to_str(), Some("/baseline"));
     assert_eq!(args.metrics_addr.port(), 8080);
@@ -78,6 +87,29 @@ fn the_agent_accepts_the_daemonset_command_line() {
             env.iter().any(|e| e == var),
             "{var} not set on the agent: {env:?}"
         );
+    }
+}
+
+#[test]
+fn the_agent_reads_snapshots_from_the_bucket_the_operator_names() {
+    // Issue 14: `--agent-s3-endpoint`/`--agent-s3-credentials-secret` reach the agent's loader as
+    // its own S3 flags, the keys as the variables it reads them from.
+    let fi = file_integrity(serde_json::json!({"containers": {"enabled": true}}));
+    let opts = AgentOptions {
+        s3: Some(AgentS3 {
+            endpoint: "http://minio.minio:9000".into(),
+            bucket: "snapshots".into(),
+            region: "eu-west-1".into(),
+            credentials_secret: "fim-agent-s3".into(),
+        }),
+        ..AgentOptions::new("img", "kube-fim", "fim-agent", "fim-config-worker-fi")
+    };
+    let (args, env) = agent_args_with(&fi, &opts);
+    assert_eq!(args.s3.endpoint.as_deref(), Some("http://minio.minio:9000"));
+    assert_eq!(args.s3.bucket, "snapshots");
+    assert_eq!(args.s3.region, "eu-west-1");
+    for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(env.iter().any(|e| e == var), "{var} not set: {env:?}");
     }
 }
 

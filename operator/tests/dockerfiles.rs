@@ -136,3 +136,43 @@ fn images_are_multi_stage_distroless_and_the_operator_is_not_root() {
     assert_eq!(final_user(&agent).as_deref(), Some("0:0"));
     assert!(agent.contains("runs as root (uid 0), on purpose"));
 }
+
+/// The workspace members named in the root Cargo.toml.
+fn workspace_members() -> Vec<String> {
+    let manifest = read("Cargo.toml");
+    let line = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .expect("members = [...] in Cargo.toml");
+    line.split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The build stage copies every workspace crate the binaries are built from (cargo refuses a
+/// workspace with a member missing): without this the release images, which no test builds
+/// here, broke silently when engine/ was split out.
+#[test]
+fn the_build_stage_copies_every_workspace_member() {
+    let members = workspace_members();
+    assert!(members.contains(&"engine".to_owned()), "{members:?}");
+    for name in ["Dockerfile.operator", "Dockerfile.agent"] {
+        let text = read(name);
+        let copied: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("COPY "))
+            .filter(|l| !l.starts_with("--from"))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        for member in &members {
+            assert!(
+                copied
+                    .iter()
+                    .any(|c| *c == member || c.starts_with(&format!("{member}/"))),
+                "{name} does not copy workspace member {member}/ (copies {copied:?})"
+            );
+        }
+    }
+}

@@ -27,7 +27,12 @@ use fim_engine::db::DbReader;
 pub enum Assessment {
     /// Neither a database nor a record: create the first baseline.
     Initialise,
-    /// The database is the recorded one (or, with no record yet, the one to record).
+    /// A database but no record (issue 10, item 2): it is never adopted. It goes to the backups
+    /// (kept for inspection) and a new baseline is made from the node as it is; the operator
+    /// records it only if it awaited this node's first baseline, and otherwise reports the node
+    /// as "baseline replaced".
+    SetAside { digest: String },
+    /// The database is the recorded one.
     Use { digest: String },
     /// Something is wrong; scans stop until a re-init request.
     Broken { reason: String },
@@ -66,9 +71,10 @@ pub fn assess(
                 db.display()
             ),
         },
-        // With no record (a first report that never reached the API server), the database this
-        // agent wrote is adopted and recorded.
-        (Some(Ok(digest)), _) => Assessment::Use { digest },
+        (Some(Ok(digest)), Some(_)) => Assessment::Use { digest },
+        // No record: whoever wrote this file (this agent before a crash, an earlier
+        // FileIntegrity of the same name, or root on the node), its content is not trusted.
+        (Some(Ok(digest)), None) => Assessment::SetAside { digest },
     }
 }
 
@@ -286,11 +292,12 @@ mod tests {
     }
 
     #[test]
-    fn a_database_without_record_is_adopted() {
+    fn a_database_without_record_is_never_adopted() {
+        // Before: adopted and recorded as the node's baseline, whoever put it there.
         let a = assess(Path::new(DB), Some(Ok("abc".into())), None);
         assert_eq!(
             a,
-            Assessment::Use {
+            Assessment::SetAside {
                 digest: "abc".into()
             }
         );

@@ -1,4 +1,5 @@
-//! The agent's own metrics (`fim_agent_*`), served on `--metrics-addr` with `/healthz`.
+//! The agent's own metrics (`fim_agent_*`), served on `--metrics-addr` with `/healthz` (HTTPS,
+//! `/metrics` for authorized tokens only: `fim_secure_metrics`).
 
 use std::sync::Arc;
 
@@ -155,16 +156,21 @@ async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
     )
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
+/// Serves `/metrics` (protected as `endpoint` says: a bearer token allowed to `get /metrics`),
+/// `/healthz` and the routes of `probes` (`/livez`, `/readyz`: see `crate::health`; open: the
+/// kubelet's probes carry no token) on `listener` until the process ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
+    endpoint: fim_secure_metrics::Endpoint,
+    probes: Router,
+) {
+    let app = endpoint
+        .protect(Router::new().route("/metrics", get(metrics_handler)))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(metrics);
-    axum::serve(listener, app).await
+        .with_state(metrics)
+        .merge(probes);
+    endpoint.serve(listener, app).await
 }
 
 #[cfg(test)]

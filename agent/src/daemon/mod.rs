@@ -11,6 +11,7 @@
 pub mod api;
 pub mod baseline;
 pub mod findings;
+pub mod live;
 pub mod metrics;
 pub mod status;
 pub mod worker;
@@ -26,12 +27,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use kube_fim_crds::{
-    FileIntegrity, FileIntegrityNodeStatus, FileIntegrityNodeStatusFields, labels,
+    FileIntegrity, FileIntegrityNodeStatus, FileIntegrityNodeStatusFields, RealtimeWatcher, labels,
     reinit::{ReinitRequest, acknowledged_id},
 };
 use tokio::sync::watch;
 
-use crate::realtime::{Backend, Watcher};
+use crate::realtime::{Backend, supervisor::Supervisor};
 use api::NodeApi;
 use metrics::Metrics;
 use worker::{Control, Job, Queue, Settings, Worker};
@@ -46,6 +47,8 @@ pub enum Error {
     Rules(String),
     #[error("FileIntegrity {0} has no uid (not read from the API server)")]
     Owner(String),
+    #[error("metrics endpoint: {0}")]
+    MetricsTls(#[from] fim_secure_metrics::TlsError),
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -55,6 +58,8 @@ pub enum Error {
     NoNode,
     #[error("baseline directory: {0}")]
     Baseline(#[source] std::io::Error),
+    #[error("container monitoring: {0}")]
+    Containers(String),
 }
 
 /// `fim-agent daemon` options. The operator's DaemonSet passes them; `NODE_NAME` and
@@ -76,37 +81,62 @@ pub struct DaemonArgs {
     /// Directory for baselines, backups and full reports (a hostPath).
     #[arg(long)]
     pub db_dir: PathBuf,
+    /// Directory holding `ca.crt` of `spec.alerts.syslog.caSecret` (the operator mounts the
+    /// Secret there; agents cannot read Secrets through the API).
+    #[arg(long, default_value = kube_fim_crds::SYSLOG_CA_MOUNT_DIR)]
+    pub syslog_ca_dir: PathBuf,
     /// ConfigMap holding the effective rules (written by the operator).
     #[arg(long)]
     pub config_map: String,
     /// Key of the rules in that ConfigMap.
     #[arg(long, default_value = "aide.conf")]
     pub config_key: String,
-    /// Seconds between periodic checks.
+    /// Seconds between periodic checks until the FileIntegrity is read; then its
+    /// `spec.config.gracePeriod`, followed live.
     #[arg(long, default_value_t = 900)]
     pub grace_period: u64,
     /// Seconds between full rehashes; checks in between are incremental (default: every check
     /// is full).
     #[arg(long)]
     pub full_scan_every: Option<u64>,
-    /// Backups of old baselines to keep.
+    /// Backups of old baselines to keep until the FileIntegrity is read; then its
+    /// `spec.config.maxBackups`, followed live.
     #[arg(long, default_value_t = 5)]
     pub max_backups: usize,
     /// Address of `/metrics` and `/healthz`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub metrics_security: fim_secure_metrics::MetricsArgs,
     /// Watch the monitored trees and report changes within a second.
     #[arg(long)]
     pub realtime: bool,
     /// Change watcher backend (default: fanotify where permitted, else inotify).
     #[arg(long, value_enum)]
     pub realtime_backend: Option<RealtimeBackend>,
-    /// Monitor annotated containers (not implemented yet: accepted and reported).
+    /// Monitor the containers of annotated pods on this node (see docs/containers.md).
     #[arg(long)]
     pub containers: bool,
+    /// Algorithm of FirstObserved container baselines (`spec.containers.algorithm`).
+    #[arg(long, default_value = "SHA256")]
+    pub container_algorithm: String,
+    /// Allow the `kill` remediation (`spec.containers.allowKill`).
     #[arg(long)]
-    pub container_algorithm: Option<String>,
-    /// Verbose logs.
+    pub allow_kill: bool,
+    /// Remediations per workload within --remediation-window before they are suppressed.
+    #[arg(long, default_value_t = 3)]
+    pub max_remediations: u32,
+    /// Seconds of the remediation window.
+    #[arg(long, default_value_t = 600)]
+    pub remediation_window: u64,
+    /// The host's /proc (the agent pod shares the host PID namespace with --containers).
+    #[arg(long, default_value = "/proc")]
+    pub proc: PathBuf,
+    /// Where Snapshots stored in S3 are read (read-only credentials).
+    #[command(flatten)]
+    pub s3: crate::snapshot_store::S3Args,
+    /// Verbose logs until the FileIntegrity is read; then its `spec.debug`, followed live
+    /// (unless `RUST_LOG` is set, which always wins).
     #[arg(long)]
     pub debug: bool,
     /// Hashing threads (default: all cores).
@@ -132,8 +162,12 @@ pub struct Publication {
     pub failure: Option<ConfigMap>,
 }
 
+/// Switches debug logging on or off (`spec.debug`); `None` when the log filter is fixed
+/// (`RUST_LOG`).
+pub type SetDebug = Arc<dyn Fn(bool) + Send + Sync>;
+
 /// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(args: DaemonArgs) -> Result<(), Error> {
+pub async fn run(args: DaemonArgs, set_debug: Option<SetDebug>) -> Result<(), Error> {
     if args.node.is_empty() {
         return Err(Error::NoNode);
     }
@@ -150,6 +184,13 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         config_key: args.config_key.clone(),
     };
     let metrics = Arc::new(Metrics::new());
+    // Self-signed for the node's name (host network: the node's address) unless files are given.
+    let endpoint = fim_secure_metrics::Endpoint::new(
+        &args.metrics_security,
+        client.clone(),
+        &[args.node.clone(), "localhost".into(), "127.0.0.1".into()],
+    )?;
+    let health = Arc::new(crate::health::Health::new(args.grace_period));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|source| Error::Metrics {
@@ -159,11 +200,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     // Bound here so that a bad address fails the start; served from now on.
     tokio::spawn({
         let metrics = metrics.clone();
-        async move {
-            if let Err(e) = metrics::serve(listener, metrics).await {
-                tracing::error!("metrics endpoint stopped: {e}");
-            }
-        }
+        let probes = crate::health::routes(health.clone());
+        async move { metrics::serve(listener, metrics, endpoint, probes).await }
     });
 
     // Without the FileIntegrity (owner of everything written) and the recorded baseline digest
@@ -176,6 +214,15 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         .map(|s| s.spec)
         .unwrap_or_else(|| FileIntegrityNodeStatusFields::new(&args.node));
     let control = Arc::new(Control::default());
+    // From here on the FileIntegrity decides (the flags only covered the start).
+    let start = live::Live {
+        grace_period: Duration::from_secs(args.grace_period.max(1)),
+        max_backups: args.max_backups,
+        debug: args.debug,
+    };
+    let live = live::Live::of(&fi.spec);
+    apply_live(&start, &live, &control, None, set_debug.as_ref());
+    let (grace_period, grace_period_rx) = watch::channel(live.grace_period);
     control.holdoff.store(
         fi.annotations().contains_key(labels::HOLDOFF),
         Ordering::SeqCst,
@@ -183,9 +230,20 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     if let Ok(cordoned) = api.node_cordoned().await {
         control.cordoned.store(cordoned, Ordering::SeqCst);
     }
-    if args.containers {
-        tracing::warn!("container monitoring is not implemented yet; only the node is scanned");
-    }
+    let stop_containers = Arc::new(AtomicBool::new(false));
+    let syslog = start_syslog(&client, &args, &metrics);
+    let container_reports = if args.containers {
+        let sink = crate::syslog::containers::ContainerSink::new(syslog.syslog.clone());
+        Some(start_containers(
+            &client,
+            &args,
+            grace_period_rx.clone(),
+            stop_containers.clone(),
+            sink,
+        )?)
+    } else {
+        None
+    };
 
     let jobs = Arc::new(Queue::default());
     let (publish, publications) = watch::channel(None::<Publication>);
@@ -193,6 +251,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     tokio::spawn(publisher(
         api.clone(),
         publications,
+        container_reports,
         published,
         metrics.clone(),
     ));
@@ -209,7 +268,6 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
             threads: args
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-            max_backups: args.max_backups,
             full_scan_every: args.full_scan_every.map(Duration::from_secs),
         },
         store,
@@ -223,7 +281,10 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         acknowledged,
     );
     worker.initial_request = initial_request;
-    worker.syslog = Some(start_syslog(&client, &args, &metrics));
+    worker.syslog = Some(syslog);
+    let realtime_watcher = worker.realtime_watcher.clone();
+    health.waiting_for("the first baseline or check");
+    worker.health = Some(health.clone());
     let watch_roots = args.realtime.then(|| {
         let (tx, rx) = crossbeam_channel::unbounded();
         worker.watch_roots = Some(tx);
@@ -234,7 +295,10 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         .name("fim-worker".into())
         .spawn({
             let jobs = jobs.clone();
+            // Liveness fails once this thread ends, also by a panic.
+            let guard = crate::health::ExitGuard(health.clone());
             move || {
+                let _guard = guard;
                 worker.run(&jobs);
                 let _ = done_tx.send(());
             }
@@ -251,6 +315,11 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         control.clone(),
         jobs.clone(),
         metrics.clone(),
+        LiveState {
+            current: live,
+            grace_period,
+            set_debug,
+        },
     ));
     tokio::spawn(watch_node(
         client.clone(),
@@ -259,16 +328,26 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         jobs.clone(),
         metrics.clone(),
     ));
-    tokio::spawn(tick(
-        Duration::from_secs(args.grace_period.max(1)),
-        jobs.clone(),
-    ));
+    // The worker checks at start on its own; then every gracePeriod, as it changes.
+    tokio::spawn({
+        let jobs = jobs.clone();
+        live::tick(grace_period_rx, move || {
+            jobs.send(Job::Check { full: false })
+        })
+    });
     if let Some(roots) = watch_roots {
-        run_realtime(&args, roots, jobs.clone(), metrics.clone());
+        run_realtime(
+            &args,
+            roots,
+            jobs.clone(),
+            metrics.clone(),
+            realtime_watcher,
+        );
     }
 
     shutdown_signal().await;
     tracing::info!("stopping");
+    stop_containers.store(true, Ordering::SeqCst);
     jobs.send(Job::Stop);
     let grace = Duration::from_secs(args.shutdown_grace);
     if tokio::time::timeout(grace, done_rx).await.is_err() {
@@ -282,6 +361,54 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     )
     .await;
     Ok(())
+}
+
+/// Starts container monitoring: the pod and Snapshot watches, and the checking thread.
+fn start_containers(
+    client: &Client,
+    args: &DaemonArgs,
+    grace_period: watch::Receiver<Duration>,
+    stop: Arc<AtomicBool>,
+    syslog: crate::syslog::containers::ContainerSink,
+) -> Result<watch::Receiver<crate::containers::ContainerReport>, Error> {
+    use crate::containers::{self, Monitor, Settings};
+    let algorithm: kube_fim_crds::Algorithm = args
+        .container_algorithm
+        .parse()
+        .map_err(|e: kube_fim_crds::UnknownAlgorithm| Error::Containers(e.to_string()))?;
+    // Snapshots kept in S3 need the bucket; inline ones do not.
+    let s3 = match crate::snapshot_store::store(&args.s3) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::info!("Snapshots in S3 cannot be read ({e}); inline Snapshots only");
+            None
+        }
+    };
+    let sources = containers::watch_pods(client, &args.node, &args.namespace, s3);
+    let (report, reports) = watch::channel(containers::ContainerReport::default());
+    let mut monitor = Monitor::new(
+        Settings {
+            proc: args.proc.clone(),
+            first_observed_dir: args.db_dir.join(&args.file_integrity).join("containers"),
+            algorithm,
+            grace_period,
+            allow_kill: args.allow_kill,
+            max_remediations: args.max_remediations.max(1),
+            remediation_window: Duration::from_secs(args.remediation_window.max(1)),
+            realtime: args.realtime,
+        },
+        sources,
+        tokio::runtime::Handle::current(),
+        report,
+        stop,
+    );
+    monitor.syslog = Some(syslog);
+    std::thread::Builder::new()
+        .name("fim-containers".into())
+        .spawn(move || monitor.run())
+        .map_err(|e| Error::Containers(format!("cannot start the container thread: {e}")))?;
+    tracing::info!("container monitoring on");
+    Ok(reports)
 }
 
 /// Starts the syslog sender, configured from the FileIntegrity as it changes.
@@ -299,6 +426,8 @@ fn start_syslog(
         client.clone(),
         args.namespace.clone(),
         args.file_integrity.clone(),
+        args.node.clone(),
+        args.syslog_ca_dir.clone(),
         syslog.clone(),
     ));
     node::NodeSink::new(syslog, identity)
@@ -324,22 +453,44 @@ where
 }
 
 /// Writes each new publication: the failure report first (the status points at it), then the
-/// status. While the API server fails, retries with backoff, always with the newest result.
+/// status, with the latest container results merged in. While the API server fails, retries with
+/// backoff, always with the newest result.
 async fn publisher(
     api: NodeApi,
     mut publications: watch::Receiver<Option<Publication>>,
+    mut containers: Option<watch::Receiver<crate::containers::ContainerReport>>,
     published: watch::Sender<u64>,
     metrics: Arc<Metrics>,
 ) {
     let mut delay = Duration::from_millis(200);
-    while publications.changed().await.is_ok() {
+    // The failure ConfigMap of a node publication is written once, not with every container update.
+    let mut written_failure = 0u64;
+    loop {
+        // A new node result or new container results.
+        let changed = match containers.as_mut() {
+            Some(c) => tokio::select! {
+                r = publications.changed() => r.is_ok(),
+                r = c.changed() => r.is_ok(),
+            },
+            None => publications.changed().await.is_ok(),
+        };
+        if !changed {
+            return;
+        }
         loop {
-            let Some(p) = publications.borrow_and_update().clone() else {
+            let Some(mut p) = publications.borrow_and_update().clone() else {
+                // Nothing of the node yet: the status is written with the first node result.
                 break;
             };
+            if let Some(c) = containers.as_mut() {
+                let report = c.borrow_and_update().clone();
+                p.status.spec.containers = report.containers;
+                p.status.spec.pod_problems = report.pod_problems;
+            }
             let result = async {
-                if let Some(cm) = &p.failure {
+                if let Some(cm) = p.failure.as_ref().filter(|_| p.sequence != written_failure) {
                     api.apply_config_map(cm).await?;
+                    written_failure = p.sequence;
                 }
                 api.apply_node_status(&p.status).await
             }
@@ -387,19 +538,60 @@ fn set_pause(flag: &AtomicBool, on: bool, control: &Control, metrics: &Metrics, 
     }
 }
 
-/// Follows the FileIntegrity: holdoff on and off, re-init requests.
+/// The live settings as applied, and where a change goes.
+struct LiveState {
+    current: live::Live,
+    grace_period: watch::Sender<Duration>,
+    set_debug: Option<SetDebug>,
+}
+
+/// Applies the live settings that differ from `old` and says so in the log.
+fn apply_live(
+    old: &live::Live,
+    new: &live::Live,
+    control: &Control,
+    grace_period: Option<&watch::Sender<Duration>>,
+    set_debug: Option<&SetDebug>,
+) {
+    control.max_backups.store(new.max_backups, Ordering::SeqCst);
+    if let Some(tx) = grace_period {
+        tx.send_if_modified(|p| std::mem::replace(p, new.grace_period) != new.grace_period);
+    }
+    if old.debug != new.debug {
+        match set_debug {
+            Some(set) => set(new.debug),
+            None => tracing::info!("RUST_LOG is set: spec.debug does not change the log level"),
+        }
+    }
+    let changes = old.changes(new);
+    if !changes.is_empty() {
+        tracing::info!(changes = %changes.join(", "), "settings from the FileIntegrity");
+    }
+}
+
+/// Follows the FileIntegrity: holdoff on and off, re-init requests, live settings.
 async fn watch_file_integrity(
     client: Client,
     args: DaemonArgs,
     control: Arc<Control>,
     jobs: Arc<Queue>,
     metrics: Arc<Metrics>,
+    mut live: LiveState,
 ) {
     let api: Api<FileIntegrity> = Api::namespaced(client, &args.namespace);
     let mut stream = watch_named(api, &args.file_integrity);
     loop {
         match stream.try_next().await {
             Ok(Some(fi)) => {
+                let new = live::Live::of(&fi.spec);
+                apply_live(
+                    &live.current,
+                    &new,
+                    &control,
+                    Some(&live.grace_period),
+                    live.set_debug.as_ref(),
+                );
+                live.current = new;
                 let holdoff = fi.annotations().contains_key(labels::HOLDOFF);
                 set_pause(&control.holdoff, holdoff, &control, &metrics, &jobs);
                 match ReinitRequest::from_file_integrity(&fi) {
@@ -439,16 +631,6 @@ async fn watch_node(
     }
 }
 
-async fn tick(every: Duration, jobs: Arc<Queue>) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval.tick().await; // the worker checks at start on its own
-    loop {
-        interval.tick().await;
-        jobs.send(Job::Check { full: false });
-    }
-}
-
 /// Runs the change watcher on the trees the baseline's rules select (sent by the worker whenever a
 /// baseline is loaded or made, so new rules are watched at once) and feeds its batches to the
 /// worker. Without a watcher the periodic checks still run.
@@ -457,13 +639,19 @@ fn run_realtime(
     roots: crossbeam_channel::Receiver<Vec<Vec<u8>>>,
     jobs: Arc<Queue>,
     metrics: Arc<Metrics>,
+    running: Arc<std::sync::Mutex<Option<RealtimeWatcher>>>,
 ) {
+    // What the node status reports (`realtimeWatcher`).
+    let report = move |w: RealtimeWatcher| {
+        *running.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+    };
     // Host paths of the watched trees, and the way back from what the watcher reports. Never
     // opened: the scans resolve node paths through their own `Root`.
     let root = match fim_engine::root::Root::open(&args.root) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(root = %args.root.display(), "realtime detection off, periodic checks only: {e}");
+            report(RealtimeWatcher::Off);
             return;
         }
     };
@@ -471,16 +659,26 @@ fn run_realtime(
         RealtimeBackend::Fanotify => Backend::Fanotify,
         RealtimeBackend::Inotify => Backend::Inotify,
     });
+    // A watcher whose thread stopped (a kernel error on its fd) is restarted on the same trees,
+    // with backoff, and counted (realtime::supervisor).
+    let restarts = prometheus::IntCounter::new(
+        "fim_agent_realtime_restarts_total",
+        "Realtime watchers that stopped and were restarted",
+    )
+    .expect("valid counter");
+    metrics
+        .registry()
+        .register(Box::new(restarts.clone()))
+        .expect("unique metric names");
     std::thread::Builder::new()
         .name("fim-realtime".into())
         .spawn(move || {
-            let mut watcher: Option<Watcher> = None;
-            let mut watched: Vec<Vec<u8>> = Vec::new();
+            let mut watcher = Supervisor::new(prefer, restarts);
             loop {
-                // Without a watcher, wait for roots; then the newest roots win. A closed channel
-                // means the worker stopped.
+                // Without a watcher (running or to restart), wait for trees; then the newest
+                // trees win. A closed channel means the worker stopped.
                 let mut latest = None;
-                if watcher.is_none() {
+                if !watcher.active() {
                     match roots.recv() {
                         Ok(r) => latest = Some(r),
                         Err(_) => return,
@@ -493,24 +691,16 @@ fn run_realtime(
                         Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                     }
                 }
-                if let Some(new) = latest.filter(|r| *r != watched || watcher.is_none()) {
-                    drop(watcher.take());
-                    let dirs: Vec<PathBuf> = new.iter().map(|r| root.host_path(r)).collect();
-                    match Watcher::start(&dirs, prefer) {
-                        Ok(w) => {
-                            tracing::info!(backend = %w.backend(), ?dirs, "realtime detection on");
-                            watcher = Some(w);
-                        }
-                        Err(e) => {
-                            tracing::warn!("realtime detection off, periodic checks only: {e}")
-                        }
-                    }
-                    watched = new;
+                if let Some(new) = latest {
+                    watcher.watch(new.iter().map(|r| root.host_path(r)).collect());
                 }
-                let Some(w) = watcher.as_ref() else {
-                    continue;
-                };
-                let Some(batch) = w.next_batch(
+                // What the node status says (`realtimeWatcher`), restarts and failures included.
+                report(match watcher.backend() {
+                    Some(Backend::Fanotify) => RealtimeWatcher::Fanotify,
+                    Some(Backend::Inotify) => RealtimeWatcher::Inotify,
+                    None => RealtimeWatcher::Off,
+                });
+                let Some(batch) = watcher.next_batch(
                     Duration::from_secs(1),
                     Duration::from_millis(20),
                     Duration::from_millis(150),

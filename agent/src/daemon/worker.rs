@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::jiff::Timestamp;
-use kube_fim_crds::FileIntegrityNodeStatusFields;
+use kube_fim_crds::{FileIntegrityNodeStatusFields, RealtimeWatcher};
 use tokio::sync::watch;
 
 use super::Publication;
@@ -112,6 +112,8 @@ impl Queue {
 pub struct Control {
     pub holdoff: AtomicBool,
     pub cordoned: AtomicBool,
+    /// Backups kept at the next re-init (`spec.config.maxBackups`, followed live).
+    pub max_backups: std::sync::atomic::AtomicUsize,
 }
 
 impl Control {
@@ -125,7 +127,6 @@ pub struct Settings {
     pub root: PathBuf,
     pub node: String,
     pub threads: usize,
-    pub max_backups: usize,
     pub full_scan_every: Option<Duration>,
 }
 
@@ -160,6 +161,10 @@ pub struct Worker {
     pub watch_roots: Option<crossbeam_channel::Sender<Vec<Vec<u8>>>>,
     /// Syslog alerts for the findings (`spec.alerts.syslog`).
     pub syslog: Option<crate::syslog::node::NodeSink>,
+    /// Which realtime watcher runs (set by the watcher thread once it has tried to start one).
+    pub realtime_watcher: Arc<std::sync::Mutex<Option<RealtimeWatcher>>>,
+    /// Liveness and readiness: told of every job, scan progress and result.
+    pub health: Option<Arc<crate::health::Health>>,
     state: State,
     last_full: Option<Instant>,
     sequence: u64,
@@ -193,6 +198,8 @@ impl Worker {
             initial_request: None,
             watch_roots: None,
             syslog: None,
+            realtime_watcher: Arc::default(),
+            health: None,
             state: State::NoBaseline,
             last_full: None,
             sequence: 0,
@@ -204,10 +211,11 @@ impl Worker {
         self.start();
         loop {
             let pending = jobs.take();
+            self.progress();
             if pending.stop {
                 break;
             }
-            if let Some(id) = pending.reinit.filter(|id| self.acknowledged < Some(*id)) {
+            if let Some(id) = pending.reinit.filter(|id| self.acknowledged != Some(*id)) {
                 self.initialise(Some(id));
                 continue;
             }
@@ -244,6 +252,16 @@ impl Worker {
             .map(|r| r.as_ref().map(|db| db.digest.clone()).map_err(Clone::clone));
         match baseline::assess(&self.store.database(), on_disk, recorded.as_deref()) {
             Assessment::Initialise => self.initialise(self.initial_request),
+            Assessment::SetAside { digest } => {
+                // `initialise` moves it to the backups before writing the new one.
+                tracing::warn!(
+                    digest,
+                    db = %self.store.database().display(),
+                    "a baseline database without a recorded digest is not adopted: it is kept \
+                     in the backups and a new baseline is created"
+                );
+                self.initialise(self.initial_request)
+            }
             Assessment::Broken { reason } => self.broken(reason),
             Assessment::Use { digest } => match opened
                 .and_then(Result::ok)
@@ -320,7 +338,10 @@ impl Worker {
             if self.store.database().exists() {
                 let removed = self
                     .store
-                    .back_up(&baseline::stamp(now), self.settings.max_backups)
+                    .back_up(
+                        &baseline::stamp(now),
+                        self.control.max_backups.load(Ordering::SeqCst),
+                    )
                     .map_err(|e| format!("cannot back up the baseline: {e}"))?;
                 for path in removed {
                     tracing::info!(path = %path.display(), "old backup removed");
@@ -375,6 +396,7 @@ impl Worker {
     }
 
     fn check(&mut self, force_full: bool) {
+        tracing::debug!(force_full, "periodic check");
         match &self.state {
             State::NoBaseline => return self.initialise(self.initial_request),
             // Repeated so the record stays current (lastProbeTime) until a re-init request.
@@ -500,6 +522,11 @@ impl Worker {
         opts.threads = self.settings.threads;
         opts.scope = scope;
         opts.max_listed = super::findings::MAX_LISTED;
+        // A long scan reports progress: it keeps the agent live.
+        opts.progress = self
+            .health
+            .clone()
+            .map(|h| h as Arc<dyn fim_engine::scan::Progress>);
         opts
     }
 
@@ -595,8 +622,27 @@ impl Worker {
         self.send(failure);
     }
 
+    /// Liveness: the worker is moving.
+    fn progress(&self) {
+        if let Some(h) = &self.health {
+            h.progress();
+        }
+    }
+
     fn send(&mut self, failure: Option<k8s_openapi::api::core::v1::ConfigMap>) {
         self.sequence += 1;
+        self.fields.realtime_watcher = *self
+            .realtime_watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = &self.health {
+            // Readiness: the node's state is known once a result is out (not the bare status
+            // sent while a first baseline is made).
+            match self.fields.last_result {
+                Some(_) => h.published(),
+                None => h.waiting_for("the first baseline"),
+            }
+        }
         let status = status::node_status(
             &self.owner,
             &self.settings.node,

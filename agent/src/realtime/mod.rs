@@ -72,6 +72,7 @@
 
 mod fanotify;
 mod inotify;
+pub mod supervisor;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

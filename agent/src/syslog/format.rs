@@ -33,16 +33,20 @@ pub enum EventType {
     Truncated,
     /// 0006 (kube-fim): lines dropped because the queue was full while the server was away.
     Dropped,
+    /// 0007 (kube-fim): a tampered container was remediated (restart, rollback, kill), or the
+    /// remediation failed, was refused or suppressed: `message=` says which.
+    Remediation,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::Mismatch,
         EventType::New,
         EventType::Deleted,
         EventType::Heartbeat,
         EventType::Truncated,
         EventType::Dropped,
+        EventType::Remediation,
     ];
 
     pub const fn code(self) -> &'static str {
@@ -53,6 +57,7 @@ impl EventType {
             EventType::Heartbeat => "0004",
             EventType::Truncated => "0005",
             EventType::Dropped => "0006",
+            EventType::Remediation => "0007",
         }
     }
 
@@ -65,6 +70,7 @@ impl EventType {
             EventType::Heartbeat => "heartbeat event",
             EventType::Truncated => "findings not sent",
             EventType::Dropped => "alerts dropped",
+            EventType::Remediation => "container remediation",
         }
     }
 }

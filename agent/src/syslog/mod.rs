@@ -1,9 +1,10 @@
 //! Syslog alerts (`spec.alerts.syslog`): integrity-sum's lines (seed 000) for each finding, and
 //! heartbeats, sent by a background task through a bounded queue that never blocks scanning.
 //!
-//! [`format`] builds lines (pure), [`NodeAlerts`] decides which findings of a scan become lines
-//! (pure), [`sender`] delivers them.
+//! [`format`] builds lines (pure), [`NodeAlerts`] and [`containers`] decide which findings of a
+//! scan or a container check become lines (pure), [`sender`] delivers them.
 
+pub mod containers;
 pub mod format;
 pub mod metrics;
 pub mod node;
@@ -59,30 +60,44 @@ impl NodeAlerts {
         now: Timestamp,
         cap: usize,
     ) -> Vec<Event> {
-        let mut out = Vec::new();
-        let mut more = 0usize;
-        for (path, what) in fingerprint {
-            if self.sent.get(path) == Some(what) {
-                continue;
-            }
-            if out.len() >= cap {
-                more += 1;
-                continue;
-            }
-            out.push(node_event(kind_of(what), path, id, cluster, now));
-        }
-        if more > 0 {
+        let fresh = fingerprint
+            .iter()
+            .filter(|(path, what)| self.sent.get(path) != Some(what))
+            .map(|(path, what)| node_event(kind_of(what), path, id, cluster, now));
+        let out = cap_lines(fresh, cap, |more| {
             let mut e = node_event(EventType::Truncated, b"", id, cluster, now);
             e.message = format!(
                 "{more} more findings not sent (at most {cap} lines per scan): see \
                  FileIntegrityNodeStatus {}-{}",
                 id.file_integrity, id.node
             );
-            out.push(e);
-        }
+            e
+        });
         self.sent = fingerprint.iter().cloned().collect();
         out
     }
+}
+
+/// The first `cap` lines of `lines`, then, when there were more, the line `more` makes of
+/// their number.
+pub fn cap_lines(
+    lines: impl Iterator<Item = Event>,
+    cap: usize,
+    more: impl FnOnce(usize) -> Event,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut left = 0usize;
+    for e in lines {
+        if out.len() < cap {
+            out.push(e);
+        } else {
+            left += 1;
+        }
+    }
+    if left > 0 {
+        out.push(more(left));
+    }
+    out
 }
 
 /// A node finding: `service=<FileIntegrity> pod= image= namespace=<its namespace>`; the node is

@@ -1,10 +1,10 @@
 //! The daemon's side: the settings come from the FileIntegrity the agent works for (followed
 //! here, so the operator passes nothing), node findings go through [`NodeSink`].
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -12,6 +12,7 @@ use kube_fim_crds::{
     FileIntegrity, SYSLOG_CA_KEY, SyslogAlert, SyslogFormat, SyslogFraming, SyslogProtocol,
 };
 
+use super::containers::RemediationRelay;
 use super::format::{Format, Framing};
 use super::sender::{Config, Syslog, Transport};
 use super::{Identity, MAX_LINES_PER_SCAN, NodeAlerts};
@@ -40,20 +41,56 @@ pub fn config_of(s: &SyslogAlert, ca_pem: Option<Vec<u8>>) -> Config {
     }
 }
 
+/// The CA bundle of `s.caSecret`, from the directory the operator mounts that Secret in
+/// (`ca_dir/ca.crt`); `Ok(None)` when no CA secret is named.
+pub fn read_ca(s: &SyslogAlert, ca_dir: &Path) -> Result<Option<Vec<u8>>, String> {
+    let Some(secret) = &s.ca_secret else {
+        return Ok(None);
+    };
+    let path = ca_dir.join(SYSLOG_CA_KEY);
+    match std::fs::read(&path) {
+        Ok(pem) if pem.is_empty() => Err(format!(
+            "{} is empty: Secret {secret} has no {SYSLOG_CA_KEY}",
+            path.display()
+        )),
+        Ok(pem) => Ok(Some(pem)),
+        Err(e) => Err(format!(
+            "cannot read {} (Secret {secret}, key {SYSLOG_CA_KEY}, mounted by the operator): {e}",
+            path.display()
+        )),
+    }
+}
+
 /// Follows the FileIntegrity `name` and (re)configures `syslog` from its `spec.alerts.syslog`
-/// (removed: nothing more is sent). A CA secret that cannot be read leaves TLS unconfigured and
-/// is retried at the next change of the FileIntegrity or every minute.
-pub async fn follow(client: Client, namespace: String, name: String, syslog: Syslog) {
-    let fis: Api<FileIntegrity> = Api::namespaced(client.clone(), &namespace);
-    let secrets: Api<Secret> = Api::namespaced(client, &namespace);
+/// (removed: nothing more is sent). A CA that cannot be read leaves TLS unconfigured and is
+/// retried at the next change of the FileIntegrity or every minute (which also picks up a
+/// rotated Secret: the kubelet updates the mounted file). Relays the operator's remediations of
+/// `node`'s containers from its `status.containerRemediations`.
+pub async fn follow(
+    client: Client,
+    namespace: String,
+    name: String,
+    node: String,
+    ca_dir: PathBuf,
+    syslog: Syslog,
+) {
+    let fis: Api<FileIntegrity> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = Box::pin(watcher(fis, config).default_backoff().applied_objects());
     let mut latest: Option<SyslogAlert> = None;
+    let mut remediations = Vec::new();
+    let mut relay = RemediationRelay::default();
     let mut refresh = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             next = stream.try_next() => match next {
-                Ok(Some(fi)) => latest = fi.spec.alerts.and_then(|a| a.syslog),
+                Ok(Some(fi)) => {
+                    remediations = fi
+                        .status
+                        .map(|s| s.container_remediations)
+                        .unwrap_or_default();
+                    latest = fi.spec.alerts.and_then(|a| a.syslog);
+                }
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!("FileIntegrity watch (syslog): {e}");
@@ -67,20 +104,17 @@ pub async fn follow(client: Client, namespace: String, name: String, syslog: Sys
             syslog.configure(None);
             continue;
         };
-        let ca = match &s.ca_secret {
-            None => None,
-            Some(secret) => match secrets.get(secret).await {
-                Ok(sec) => sec
-                    .data
-                    .and_then(|mut d| d.remove(SYSLOG_CA_KEY))
-                    .map(|b| b.0),
-                Err(e) => {
-                    tracing::warn!("syslog: cannot read the CA secret {secret}: {e}");
-                    None
-                }
-            },
-        };
-        syslog.configure(Some(config_of(s, ca)));
+        let ca = read_ca(s, &ca_dir).unwrap_or_else(|e| {
+            tracing::warn!("syslog: {e}");
+            None
+        });
+        let config = config_of(s, ca);
+        let cluster = config.cluster.clone();
+        syslog.configure(Some(config));
+        for e in relay.events(&remediations, &node, &cluster) {
+            tracing::info!(pod = %e.pod, message = %e.message, "syslog: operator remediation relayed");
+            syslog.send(e);
+        }
     }
 }
 
@@ -136,6 +170,28 @@ pub fn identity(node: &str, file_integrity: &str, namespace: &str) -> Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_is_read_from_the_mounted_secret_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let alert = |ca: Option<&str>| -> SyslogAlert {
+            serde_json::from_value(
+                serde_json::json!({"host": "h", "protocol": "tls", "caSecret": ca}),
+            )
+            .unwrap()
+        };
+        assert_eq!(read_ca(&alert(None), dir.path()), Ok(None));
+        let err = read_ca(&alert(Some("syslog-ca")), dir.path()).unwrap_err();
+        assert!(err.contains("syslog-ca") && err.contains("ca.crt"), "{err}");
+        std::fs::write(dir.path().join("ca.crt"), "").unwrap();
+        let err = read_ca(&alert(Some("syslog-ca")), dir.path()).unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+        std::fs::write(dir.path().join("ca.crt"), "-----BEGIN CERTIFICATE-----").unwrap();
+        assert_eq!(
+            read_ca(&alert(Some("syslog-ca")), dir.path()),
+            Ok(Some(b"-----BEGIN CERTIFICATE-----".to_vec()))
+        );
+    }
 
     #[test]
     fn the_spec_maps_to_the_sender_settings() {

@@ -215,7 +215,7 @@ fn default_max_backups() -> i32 {
 /// Pods on the selected nodes opt in with the annotation `fim.kubefim.io/monitor: "true"` and
 /// list the paths per container in `<container>.fim.kubefim.io/paths`;
 /// `fim.kubefim.io/remediation` chooses what happens on tampering.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerMonitoring {
     /// Monitor annotated pods.
@@ -225,6 +225,49 @@ pub struct ContainerMonitoring {
     /// Hash algorithm of container file checksums (compared with Snapshots of the image).
     #[serde(default)]
     pub algorithm: Algorithm,
+
+    /// Allow `fim.kubefim.io/remediation: kill`: the agents then get the KILL capability to
+    /// SIGKILL a tampered container's processes (of any user). Without it `kill` is refused with
+    /// an event and nothing else happens.
+    #[serde(default)]
+    pub allow_kill: bool,
+
+    /// At most this many remediations per workload within `remediationWindowSeconds`; more are
+    /// suppressed (`RemediationSuppressed`), so a remediation can never loop.
+    #[serde(default = "default_max_remediations")]
+    #[schemars(range(min = 1))]
+    pub max_remediations: i32,
+
+    /// The window of `maxRemediations`, in seconds.
+    #[serde(default = "default_remediation_window")]
+    #[schemars(range(min = 1))]
+    pub remediation_window_seconds: i64,
+}
+
+/// Default `spec.containers.maxRemediations`.
+pub const DEFAULT_MAX_REMEDIATIONS: i32 = 3;
+/// Default `spec.containers.remediationWindowSeconds` (10 minutes).
+pub const DEFAULT_REMEDIATION_WINDOW: i64 = 600;
+
+fn default_max_remediations() -> i32 {
+    DEFAULT_MAX_REMEDIATIONS
+}
+
+fn default_remediation_window() -> i64 {
+    DEFAULT_REMEDIATION_WINDOW
+}
+
+impl Default for ContainerMonitoring {
+    /// Same as deserializing `{}`.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            algorithm: Algorithm::default(),
+            allow_kill: false,
+            max_remediations: DEFAULT_MAX_REMEDIATIONS,
+            remediation_window_seconds: DEFAULT_REMEDIATION_WINDOW,
+        }
+    }
 }
 
 /// Alert sinks (`spec.alerts`).
@@ -284,6 +327,9 @@ pub struct SyslogAlert {
 pub const DEFAULT_SYSLOG_HEARTBEAT_SECONDS: i64 = 1200;
 /// Key of the CA bundle in `spec.alerts.syslog.caSecret`.
 pub const SYSLOG_CA_KEY: &str = "ca.crt";
+/// Where the operator mounts `spec.alerts.syslog.caSecret` in the agent pods (agents may not
+/// read Secrets through the API).
+pub const SYSLOG_CA_MOUNT_DIR: &str = "/etc/kube-fim/syslog-ca";
 
 fn default_syslog_port() -> i32 {
     DEFAULT_SYSLOG_PORT
@@ -352,9 +398,104 @@ pub struct FileIntegrityStatus {
     /// Nodes whose latest scan found changes.
     #[serde(default)]
     pub failed: i32,
-    /// Nodes whose latest scan could not complete.
+    /// Nodes whose latest scan could not complete (or whose baseline was replaced).
     #[serde(default)]
     pub errored: i32,
+
+    /// The baseline anchor of each node: the digest of the baseline database the operator saw
+    /// the node create (first baseline or acknowledged re-init). Agents cannot write this
+    /// status, so root on a node cannot rewrite its node's anchor (issue 10, item 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5000))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["nodeName"]))]
+    pub baselines: Vec<BaselineAnchor>,
+
+    /// The container remediations the operator carried out, attempted or suppressed recently
+    /// (at most 100, each kept 10 minutes):
+    /// the agent of `nodeName` sends a syslog line for each (`spec.alerts.syslog`). Agents cannot
+    /// write this status, so a line says what the operator did. Written by the operator's
+    /// containers step under its own field manager, apart from the rest of the status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub container_remediations: Vec<ContainerRemediationRecord>,
+}
+
+/// Most entries of `status.containerRemediations`.
+pub const MAX_CONTAINER_REMEDIATIONS: usize = 100;
+/// How long an entry of `status.containerRemediations` stays (seconds).
+pub const CONTAINER_REMEDIATION_TTL_SECONDS: i64 = 600;
+/// Field manager of `status.containerRemediations`.
+pub const CONTAINER_REMEDIATIONS_MANAGER: &str = "fim-operator-remediations";
+
+/// One remediation of a tampered container by the operator (`status.containerRemediations[]`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRemediationRecord {
+    /// The node whose agent reported the finding (and sends the line).
+    #[schemars(length(max = 253))]
+    pub node_name: String,
+    #[schemars(length(max = 253))]
+    pub namespace: String,
+    #[schemars(length(max = 253))]
+    pub pod: String,
+    #[schemars(length(max = 128))]
+    pub pod_uid: String,
+    #[schemars(length(max = 253))]
+    pub container: String,
+    /// The container's image reference (pod status `image`).
+    #[schemars(length(max = 1024))]
+    pub image: String,
+    /// `restart`, `rollback` or `suppressed`.
+    #[schemars(length(max = 32))]
+    pub action: String,
+    /// The workload the remediation counts against for `maxRemediations`
+    /// (`<namespace>/<controller kind>/<name>`): a new operator leader continues the count.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub workload: String,
+    /// What happened, as the syslog `message=` (`Restart pod web-1`, ... `failed: ...`).
+    #[schemars(length(max = 1024))]
+    pub message: String,
+    /// The first tampered path (as in `changedPaths`).
+    #[serde(default)]
+    #[schemars(length(max = 4096))]
+    pub file: String,
+    /// When the operator acted.
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+}
+
+/// The operator's record of one node's baseline (`status.baselines[]`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineAnchor {
+    #[schemars(length(max = 253))]
+    pub node_name: String,
+    /// Digest of the node's baseline database; absent while the node creates its first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub digest: Option<String>,
+    /// The re-init request whose acknowledgement recorded `digest` (absent for a first
+    /// baseline). Each request records at most one digest per node. (Request ids are u64; the
+    /// API stores int64, and ids are times in milliseconds or follow one: far below 2^63.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinit_id: Option<i64>,
+    /// A digest the node reported without a matching re-init: the node counts as Errored
+    /// ("baseline replaced") until a re-init request for it is acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub rejected_digest: Option<String>,
+}
+
+impl BaselineAnchor {
+    /// An entry waiting for the node's first baseline.
+    pub fn awaiting(node: impl Into<String>) -> Self {
+        Self {
+            node_name: node.into(),
+            digest: None,
+            reinit_id: None,
+            rejected_digest: None,
+        }
+    }
 }
 
 /// Phase of a FileIntegrity (file-integrity-operator values plus `Error`).

@@ -56,6 +56,7 @@ pub const MAX_CHANGED_PATHS: usize = 100;
 #[serde(rename_all = "camelCase")]
 pub struct FileIntegrityNodeStatusFields {
     /// Node the results are for.
+    #[schemars(length(max = 253))]
     pub node_name: String,
 
     /// Latest result per condition: at most one Succeeded, one Failed and one Errored. The one
@@ -71,6 +72,7 @@ pub struct FileIntegrityNodeStatusFields {
 
     /// Digest of the baseline database the node compares against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub baseline_digest: Option<String>,
 
     /// When that baseline was created.
@@ -84,16 +86,41 @@ pub struct FileIntegrityNodeStatusFields {
     /// The first changed paths of the current result (added, changed or removed), at most 100;
     /// the full list is in the result ConfigMap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(length(max = 16384)))]
     pub changed_paths: Vec<String>,
 
     /// Latest result per monitored container on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
     #[schemars(extend(
         "x-kubernetes-list-type" = "map",
         "x-kubernetes-list-map-keys" = ["namespace", "pod", "container"]
     ))]
     pub containers: Vec<ContainerResult>,
+
+    /// Pods on the node whose monitoring annotations have problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub pod_problems: Vec<PodProblems>,
+
+    /// How changes are noticed between periodic checks when `spec.realtime` is on: `fanotify`,
+    /// `inotify` (fanotify refused, e.g. without CAP_SYS_ADMIN: new files in new directories
+    /// may wait for the next check) or `off` (no watcher could start: periodic checks only).
+    /// Absent when realtime detection is not requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime_watcher: Option<RealtimeWatcher>,
+}
+
+/// The realtime watcher an agent runs (`realtimeWatcher`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+// No doc comments on variants: schemars would turn the enum into a non-structural `oneOf`.
+pub enum RealtimeWatcher {
+    #[serde(rename = "fanotify")]
+    Fanotify,
+    #[serde(rename = "inotify")]
+    Inotify,
+    #[serde(rename = "off")]
+    Off,
 }
 
 impl FileIntegrityNodeStatus {
@@ -115,6 +142,8 @@ impl FileIntegrityNodeStatusFields {
             last_scan: None,
             changed_paths: Vec::new(),
             containers: Vec::new(),
+            realtime_watcher: None,
+            pod_problems: Vec::new(),
         }
     }
 
@@ -175,12 +204,15 @@ pub struct ScanResult {
 
     /// ConfigMap with the full report (Failed and Errored results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub result_config_map_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub result_config_map_namespace: Option<String>,
 
     /// Why the scan could not complete (Errored results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32768))]
     pub error_message: Option<String>,
 }
 
@@ -214,15 +246,42 @@ pub struct ScanStatistics {
     pub duration_milliseconds: i64,
 }
 
+/// At most this many paths are listed per container in `containers[].changedPaths`.
+pub const MAX_CONTAINER_CHANGED_PATHS: usize = 10;
+/// At most this many monitored containers are reported per node.
+pub const MAX_CONTAINERS: usize = 1000;
+/// At most this many pods with bad annotations are reported per node.
+pub const MAX_POD_PROBLEMS: usize = 100;
+
 /// Latest result of a monitored container (`containers[]`).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerResult {
+    #[schemars(length(max = 63))]
     pub namespace: String,
+    #[schemars(length(max = 253))]
     pub pod: String,
+    #[schemars(length(max = 63))]
     pub container: String,
+    /// UID of the pod (remediation acts only on this very pod).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub pod_uid: String,
+    /// `containerID` of the pod status (`containerd://<id>`) that was checked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 128))]
+    pub container_id: String,
     /// Image of the container, as in the pod spec.
+    #[schemars(length(max = 4096))]
     pub image: String,
+    /// `imageID` of the pod status (the digest the runtime resolved).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 4096))]
+    pub image_id: String,
+    /// What the files were compared with: `Snapshot/<namespace>/<name>` or `FirstObserved`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 512))]
+    pub baseline_source: String,
 
     pub condition: ScanCondition,
     pub last_probe_time: Time,
@@ -234,9 +293,33 @@ pub struct ContainerResult {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub files_removed: i64,
 
+    /// The first changed, removed, then added paths (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(max = 4096)))]
+    pub changed_paths: Vec<String>,
+
     /// Why the container could not be checked (Errored results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub error_message: Option<String>,
+
+    /// The last remediation the agent did itself (`kill`), e.g. `kill at 2026-12-02T09:00:00Z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub last_remediation: Option<String>,
+}
+
+/// Bad monitoring annotations of a pod on the node (`podProblems[]`), published by the operator
+/// as a Warning event on the pod.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodProblems {
+    #[schemars(length(max = 63))]
+    pub namespace: String,
+    #[schemars(length(max = 253))]
+    pub pod: String,
+    #[schemars(length(max = 16), inner(length(max = 1024)))]
+    pub problems: Vec<String>,
 }
 
 fn is_zero(n: &i64) -> bool {

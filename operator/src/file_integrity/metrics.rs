@@ -19,11 +19,23 @@ pub struct Metrics {
     pub node_failed: IntGaugeVec,
     /// Node events emitted for a new result; labels `condition` and `node`.
     pub node_status_total: IntCounterVec,
+    /// 1 while a node's latest result is older than twice gracePeriod; label `node`.
+    pub node_stale: IntGaugeVec,
+    /// 1 while a node's latest result is Errored; label `node`.
+    pub node_errored: IntGaugeVec,
+    /// 1 while a node's baseline was replaced without a re-init; label `node`.
+    pub baseline_replaced: IntGaugeVec,
     /// Re-init requests; labels `by` (`demand`, `node`, `config`) and `node` (the targeted
     /// node for `demand` and `node`, empty for `config`), as in file-integrity-operator.
     pub reinit_total: IntCounterVec,
     /// Failed reconciliations (not a file-integrity-operator metric); label `error`.
     pub reconcile_errors: IntCounterVec,
+    /// 1 while a monitored container's latest result is Failed; labels `namespace`, `pod`,
+    /// `container` (series dropped when the container is no longer reported).
+    pub container_failed: IntGaugeVec,
+    /// Container remediations; labels `action` (`restart`, `rollback`, `suppressed`) and
+    /// `result` (`done`, `failed`).
+    pub container_remediation_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -54,6 +66,31 @@ impl Metrics {
             &[names::LABEL_NODE],
         )
         .expect("valid metric");
+        let node_stale = IntGaugeVec::new(
+            Opts::new(
+                names::NODE_STALE,
+                "1 while a node has not reported a result for more than twice gracePeriod",
+            ),
+            &[names::LABEL_NODE],
+        )
+        .expect("valid metric");
+        let node_errored = IntGaugeVec::new(
+            Opts::new(
+                names::NODE_ERRORED,
+                "1 while a node's latest scan could not complete (Errored), 0 otherwise",
+            ),
+            &[names::LABEL_NODE],
+        )
+        .expect("valid metric");
+        let baseline_replaced = IntGaugeVec::new(
+            Opts::new(
+                names::BASELINE_REPLACED,
+                "1 while a node reports a baseline database the operator did not see it create \
+                 (replaced without a re-init request), 0 otherwise",
+            ),
+            &[names::LABEL_NODE],
+        )
+        .expect("valid metric");
         let node_status_total = IntCounterVec::new(
             Opts::new(
                 names::NODE_STATUS_TOTAL,
@@ -79,11 +116,32 @@ impl Metrics {
             &[names::LABEL_ERROR],
         )
         .expect("valid metric");
+        let container_failed = IntGaugeVec::new(
+            Opts::new(
+                names::CONTAINER_FAILED,
+                "1 while a monitored container's files differ from its baseline, 0 otherwise",
+            ),
+            &["namespace", "pod", "container"],
+        )
+        .expect("valid metric");
+        let container_remediation_total = IntCounterVec::new(
+            Opts::new(
+                names::CONTAINER_REMEDIATION_TOTAL,
+                "Remediations of tampered containers by the operator, by action and result",
+            ),
+            &["action", "result"],
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(phase_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(container_failed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(container_remediation_total.clone()),
+            Box::new(phase_total.clone()),
             Box::new(error_total.clone()),
             Box::new(node_failed.clone()),
             Box::new(node_status_total.clone()),
+            Box::new(node_stale.clone()),
+            Box::new(node_errored.clone()),
+            Box::new(baseline_replaced.clone()),
             Box::new(reinit_total.clone()),
             Box::new(reconcile_errors.clone()),
         ] {
@@ -96,8 +154,13 @@ impl Metrics {
             error_total,
             node_failed,
             node_status_total,
+            node_stale,
+            node_errored,
+            baseline_replaced,
             reinit_total,
             reconcile_errors,
+            container_failed,
+            container_remediation_total,
         }
     }
 
@@ -126,11 +189,23 @@ impl Metrics {
         }
     }
 
+    /// Sets a per-node 0/1 gauge (`node_stale`, `node_errored`) for each node.
+    pub fn set_node_gauge(gauge: &IntGaugeVec, nodes: &BTreeMap<String, bool>) {
+        for (node, on) in nodes {
+            gauge
+                .with_label_values(&[node.as_str()])
+                .set(i64::from(*on));
+        }
+    }
+
     /// Drops the `node_failed` and `node_status_total` series of `node` (its status is gone),
     /// so label values stay bounded by the nodes that exist.
     pub fn forget_node(&self, node: &str) {
         // Absent series are fine: nothing to drop.
         let _ = self.node_failed.remove_label_values(&[node]);
+        let _ = self.node_stale.remove_label_values(&[node]);
+        let _ = self.node_errored.remove_label_values(&[node]);
+        let _ = self.baseline_replaced.remove_label_values(&[node]);
         for condition in [
             ScanCondition::Succeeded,
             ScanCondition::Failed,

@@ -60,6 +60,7 @@ use tracing::Instrument;
 
 use crate::{
     Error, Result,
+    admission::PoliciesInEffect,
     config::ConfigSource,
     daemonset,
     events::NodeEventKey,
@@ -100,6 +101,10 @@ pub struct OperatorConfig {
     pub agent_image: String,
     /// Service account of the agent pods.
     pub agent_service_account: String,
+    /// Where agents reach the API server instead of the in-cluster Service address.
+    pub agent_api_server: Option<crate::daemonset::ApiServer>,
+    /// Where agents read Snapshots kept in S3 (container monitoring).
+    pub agent_s3: Option<crate::daemonset::AgentS3>,
     /// Periodic re-check of a FileIntegrity without any change.
     pub resync: Duration,
     /// Retry delay after the first failed reconcile; doubled after each further failure.
@@ -126,6 +131,10 @@ pub struct Context {
     nodes: Store<Node>,
     /// The writers of `statuses` and `nodes`, taken by [`run`].
     writers: Mutex<Option<CacheWriters>>,
+    /// What the container step remembers ([`crate::containers`]).
+    pub containers: Mutex<crate::containers::Memory>,
+    /// Opens once the agents' admission policies are in effect: no agent runs before.
+    pub policies: PoliciesInEffect,
 }
 
 struct CacheWriters {
@@ -137,7 +146,12 @@ struct CacheWriters {
 type NodeEventId = (String, String, String);
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, config: OperatorConfig) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        policies: PoliciesInEffect,
+        config: OperatorConfig,
+    ) -> Self {
         let reporter = Reporter {
             controller: labels::OPERATOR_MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
@@ -158,6 +172,8 @@ impl Context {
                 statuses: status_writer,
                 nodes: node_writer,
             })),
+            containers: Mutex::default(),
+            policies,
         }
     }
 
@@ -213,7 +229,17 @@ pub async fn reconcile(fi: Arc<FileIntegrity>, ctx: Arc<Context>) -> Result<Acti
     }
     let observed = observe::observe(fi.clone(), &ctx).await?;
     let plan = plan::plan(&observed, &ctx.config)?;
-    let action = match apply::apply(&plan, &fi, &ctx).await? {
+    let applied = apply::apply(&plan, &fi, &ctx).await?;
+    // Monitored containers: events on their pods, gauge, remediation (best effort).
+    let statuses: Vec<FileIntegrityNodeStatus> = observed
+        .node_statuses
+        .iter()
+        .map(|s| (**s).clone())
+        .collect();
+    let suppressed = crate::containers::reconcile(&fi, &statuses, &ctx).await;
+    let action = match applied {
+        // A remediation was just suppressed: its condition goes into the status at once.
+        _ if suppressed => Action::requeue(Duration::from_secs(1)),
         // The FileIntegrity changed since it was read: decide again on the fresh object.
         Applied::Conflict => Action::requeue(Duration::from_secs(1)),
         Applied::Done => match plan.next {
@@ -248,8 +274,9 @@ pub fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
     base.saturating_mul(1 << doublings).min(max)
 }
 
-/// FileIntegrities a ConfigMap change concerns: its owner (the rules ConfigMap we write) and
-/// every FileIntegrity whose `spec.config` references it.
+/// FileIntegrities a ConfigMap change concerns: its owner (the rules ConfigMap we write, found by
+/// owner reference or by name, so that one stripped of both is restored) and every
+/// FileIntegrity whose `spec.config` references it.
 fn file_integrities_of_config_map(
     cm: &ConfigMap,
     store: &Store<FileIntegrity>,
@@ -263,6 +290,9 @@ fn file_integrities_of_config_map(
         .filter(|o| o.kind == "FileIntegrity")
         .map(|o| ObjectRef::new(&o.name).within(&ns))
         .collect();
+    if let Some(fi) = crate::config::file_integrity_of_config_map_name(&name) {
+        refs.push(ObjectRef::new(fi).within(&ns));
+    }
     refs.extend(
         store
             .state()

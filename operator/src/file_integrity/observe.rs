@@ -52,6 +52,8 @@ pub struct Observed {
     pub gone_nodes: BTreeSet<String>,
     /// What the last `NodeIntegrityStatus` event of this FileIntegrity said, per node.
     pub announced: BTreeMap<String, NodeEventKey>,
+    /// Workloads whose container remediation the backoff suppressed, with when (seconds).
+    pub suppressed: BTreeMap<String, i64>,
 }
 
 /// Reads what a reconcile of `fi` needs.
@@ -120,6 +122,11 @@ pub async fn observe(fi: Arc<FileIntegrity>, ctx: &Context) -> Result<Observed> 
         }
     }
     let announced = ctx.announced(&namespace, &name);
+    let suppressed = ctx
+        .containers
+        .lock()
+        .expect("container memory poisoned")
+        .suppressed(&namespace, &name);
     Ok(Observed {
         fi,
         now,
@@ -131,6 +138,7 @@ pub async fn observe(fi: Arc<FileIntegrity>, ctx: &Context) -> Result<Observed> 
         nodes,
         gone_nodes,
         announced,
+        suppressed,
     })
 }
 

@@ -15,14 +15,17 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{Resource, ResourceExt, runtime::events::Event};
-use kube_fim_crds::{FileIntegrity, FileIntegrityStatus, ScanCondition, labels};
+use kube_fim_crds::{
+    FileIntegrity, FileIntegrityNodeStatus, FileIntegrityStatus, ScanCondition, labels,
+};
 
 use super::{OperatorConfig, observe::Observed};
 use crate::{
-    Error, Result,
+    Error, Result, anchor,
     config::{self, ConfigError, ConfigSource},
     daemonset::{self, AgentOptions},
     events::{self, EventMessage, NodeEventKey},
+    node_objects,
     phase::{self, PriorityClassCheck},
     reinit::{self, ReinitStep},
 };
@@ -39,12 +42,24 @@ pub struct Plan {
     /// The agent DaemonSet to apply; `None` before `initialDelay` passed or while there never
     /// were valid rules.
     pub daemonset: Option<DaemonSet>,
+    /// Per-node objects to create (the agents may only update them): for every node the
+    /// agents run on that has no status under its canonical name.
+    pub creations: Vec<NodeObjects>,
     /// Node statuses of deleted nodes to delete (with their metric series and event memory).
     pub deletions: Vec<Deletion>,
     /// `NodeIntegrityStatus` events due (each counted in `node_status_total` once published).
     pub node_events: Vec<NodeEvent>,
     /// The `node_failed` gauge per selected node with a status.
     pub node_failed: BTreeMap<String, bool>,
+    /// The `node_errored` gauge per selected node with a status.
+    pub node_errored: BTreeMap<String, bool>,
+    /// The `node_stale` gauge per selected node with a result.
+    pub node_stale: BTreeMap<String, bool>,
+    /// The `baseline_replaced` gauge per selected node with a status.
+    pub baseline_replaced: BTreeMap<String, bool>,
+    /// `BaselineReplaced` Warnings for nodes newly found with a replaced baseline, published
+    /// once the status recording the rejection is stored.
+    pub anchor_events: Vec<PlannedEvent>,
     /// The re-init step: a guarded merge patch of the FileIntegrity's annotations, and what
     /// follows once it is written.
     pub reinit: ReinitPlan,
@@ -52,6 +67,14 @@ pub struct Plan {
     pub status: Option<StatusUpdate>,
     /// When to look again without any change.
     pub next: Next,
+}
+
+/// A node's status and failure ConfigMap, created empty ([`crate::node_objects`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeObjects {
+    pub node: String,
+    pub status: FileIntegrityNodeStatus,
+    pub failure_config_map: ConfigMap,
 }
 
 /// A node status to delete.
@@ -201,6 +224,8 @@ pub fn plan(observed: &Observed, settings: &OperatorConfig) -> Result<Plan> {
         (Some(_), Ok(())) => {
             let opts = AgentOptions {
                 priority_class_exists: observed.priority_class.usable(),
+                api_server: settings.agent_api_server.clone(),
+                s3: settings.agent_s3.clone(),
                 ..AgentOptions::new(
                     settings.agent_image.clone(),
                     settings.namespace.clone(),
@@ -222,7 +247,13 @@ pub fn plan(observed: &Observed, settings: &OperatorConfig) -> Result<Plan> {
     let selection = Selection::of(fi, &observed.nodes);
     let mut selected = Vec::new();
     let mut deletions = Vec::new();
-    for s in &observed.node_statuses {
+    // Only a status under its node's canonical name counts: one node, one status, whatever
+    // else was written (nodes are counted, not status objects).
+    for s in observed
+        .node_statuses
+        .iter()
+        .filter(|s| node_objects::is_canonical(s, &name))
+    {
         let node = s.spec.node_name.as_str();
         if selection.selected.contains(node) {
             selected.push((**s).clone());
@@ -233,6 +264,23 @@ pub fn plan(observed: &Observed, settings: &OperatorConfig) -> Result<Plan> {
             });
         }
     }
+    let creations = if daemonset.is_some() {
+        let have: BTreeSet<&str> = selected.iter().map(|s| s.spec.node_name.as_str()).collect();
+        selection
+            .schedulable
+            .iter()
+            .filter(|n| !have.contains(n.as_str()))
+            .map(|node| {
+                Ok(NodeObjects {
+                    node: node.clone(),
+                    status: node_objects::node_status(fi, node)?,
+                    failure_config_map: node_objects::failure_config_map(fi, node)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let node_events = selected
         .iter()
         .filter_map(|s| {
@@ -245,31 +293,42 @@ pub fn plan(observed: &Observed, settings: &OperatorConfig) -> Result<Plan> {
             let event = PlannedEvent {
                 node: Some(node.clone()),
                 ..PlannedEvent::new(
-                    events::node_event_message(&node, result),
+                    events::node_event_message(&node, result, &s.spec.changed_paths),
                     node_event_action(&key),
                 )
             };
             Some(NodeEvent { node, key, event })
         })
         .collect();
-    let node_failed = selected
-        .iter()
-        .map(|s| {
-            let failed = s
-                .spec
-                .last_result
-                .as_ref()
-                .is_some_and(|r| r.condition == ScanCondition::Failed);
-            (s.spec.node_name.clone(), failed)
-        })
-        .collect();
+    let node_is = |condition: ScanCondition| -> BTreeMap<String, bool> {
+        selected
+            .iter()
+            .map(|s| {
+                let is = s
+                    .spec
+                    .last_result
+                    .as_ref()
+                    .is_some_and(|r| r.condition == condition);
+                (s.spec.node_name.clone(), is)
+            })
+            .collect()
+    };
+    let node_failed = node_is(ScanCondition::Failed);
+    let mut node_errored = node_is(ScanCondition::Errored);
 
     // 4. Re-init: the user annotation and config changes become numbered requests that the
     //    agents acknowledge on their node statuses.
     let acks = reinit::acknowledgements(&selected);
     let recorded = reinit::recorded_request(fi)?;
+    let failed_nodes: BTreeSet<String> = node_failed
+        .iter()
+        .filter(|(_, f)| **f)
+        .map(|(n, _)| n.clone())
+        .collect();
     let step = reinit::step(reinit::ReinitInput {
         annotation: reinit::reinit_annotation(fi),
+        on_failed: fi.annotations().contains_key(labels::REINIT_ON_FAILED),
+        failed: &failed_nodes,
         recorded: recorded.as_ref(),
         recorded_config_hash: fi
             .annotations()
@@ -278,10 +337,59 @@ pub fn plan(observed: &Observed, settings: &OperatorConfig) -> Result<Plan> {
         config_hash: config_hash.as_deref(),
         selected: &selection.schedulable,
         acks: &acks,
+        // Operator-chosen (see the reinit module): the observation time, never an agent's ack.
+        fresh_id: u64::try_from(now.as_millisecond()).unwrap_or(1),
     });
-    let reinit = reinit_plan(step, fi.resource_version().as_deref());
+    let reinit = reinit_plan(step, fi.resource_version().as_deref(), &failed_nodes);
 
-    // 5. Status, with the phase event and metrics when the phase changes.
+    // 5. The baseline anchors: every reported digest against the operator's record.
+    let reports: BTreeMap<String, anchor::Report<'_>> = selected
+        .iter()
+        .map(|s| {
+            let report = anchor::Report {
+                digest: s.spec.baseline_digest.as_deref(),
+                ack: reinit::acknowledged_id(s),
+            };
+            (s.spec.node_name.clone(), report)
+        })
+        .collect();
+    let requests: Vec<&reinit::ReinitRequest> =
+        recorded.iter().chain(reinit.step.record.iter()).collect();
+    let anchors = anchor::judge_all(
+        fi.status
+            .as_ref()
+            .map(|s| s.baselines.as_slice())
+            .unwrap_or_default(),
+        &reports,
+        &creations.iter().map(|c| c.node.clone()).collect(),
+        &deletions.iter().map(|d| d.node.clone()).collect(),
+        &requests,
+        &reinit.step.pending,
+    );
+    let replaced = anchors.replaced();
+    let baseline_replaced: BTreeMap<String, bool> = reports
+        .keys()
+        .map(|n| (n.clone(), replaced.contains(n)))
+        .collect();
+    for node in &replaced {
+        node_errored.insert(node.clone(), true);
+    }
+    let anchor_events = anchors
+        .newly_replaced
+        .iter()
+        .filter_map(|node| match anchors.verdicts.get(node)? {
+            anchor::Verdict::Replaced { anchored, reported } => Some(PlannedEvent {
+                node: Some(node.clone()),
+                ..PlannedEvent::new(
+                    events::baseline_replaced_message(node, anchored.as_deref(), reported),
+                    format!("BaselineReplaced-{reported}"),
+                )
+            }),
+            _ => None,
+        })
+        .collect();
+
+    // 6. Status, with the phase event and metrics when the phase changes.
     let config_message = config_error.as_ref().map(ToString::to_string);
     let mut status = phase::compute_status(
         fi,
@@ -289,10 +397,27 @@ pub fn plan(observed: &Observed, settings: &OperatorConfig) -> Result<Plan> {
         &selected,
         config_message.as_deref(),
         &reinit.step.pending,
+        &replaced,
         now,
     );
+    status.baselines = anchors.entries;
     phase::add_priority_class_condition(&mut status, fi, &observed.priority_class, now);
-    let status = (fi.status.as_ref() != Some(&status)).then(|| {
+    // Silence is visible: a node whose agent stopped reporting is stale.
+    let staleness = phase::staleness(
+        &selected,
+        fi.spec.config.grace_period,
+        &reinit.step.pending,
+        now,
+    );
+    phase::add_stale_condition(&mut status, fi, &staleness.stale_nodes(), now);
+    let suppression_ends =
+        phase::add_suppressed_condition(&mut status, fi, &observed.suppressed, now);
+    // `containerRemediations` is the containers step's (its own field manager), not compared.
+    let current = fi.status.clone().map(|mut s| {
+        s.container_remediations.clear();
+        s
+    });
+    let status = (current.as_ref() != Some(&status)).then(|| {
         let old = fi.status.as_ref().map(|s| s.phase);
         let phase_change = events::phase_event(old, status.phase).map(|message| PhaseChange {
             // The action names the new phase: each phase gets its own event series, and
@@ -312,7 +437,14 @@ pub fn plan(observed: &Observed, settings: &OperatorConfig) -> Result<Plan> {
         // A fix comes as a change of a watched object: the FileIntegrity or a ConfigMap of the
         // watched namespace. A ConfigMap elsewhere is not watched: look again periodically.
         (Ok(()), Some(_)) if watched_source(&source, &settings.namespace) => Next::AwaitChange,
-        (Ok(()), _) => Next::After(settings.resync),
+        // Also when the next node would turn stale, so staleness shows without any change.
+        // And when a suppressed remediation leaves its window.
+        (Ok(()), _) => Next::After(
+            [staleness.next_in, suppression_ends]
+                .into_iter()
+                .flatten()
+                .fold(settings.resync, Duration::min),
+        ),
     };
 
     Ok(Plan {
@@ -320,9 +452,14 @@ pub fn plan(observed: &Observed, settings: &OperatorConfig) -> Result<Plan> {
         config_error,
         config_map,
         daemonset,
+        creations,
         deletions,
         node_events,
         node_failed,
+        node_errored,
+        node_stale: staleness.stale,
+        baseline_replaced,
+        anchor_events,
         reinit,
         status,
         next,
@@ -372,7 +509,11 @@ fn rules_config_map(
 }
 
 /// The patch, events and counts of a re-init step.
-fn reinit_plan(step: ReinitStep, resource_version: Option<&str>) -> ReinitPlan {
+fn reinit_plan(
+    step: ReinitStep,
+    resource_version: Option<&str>,
+    failed: &BTreeSet<String>,
+) -> ReinitPlan {
     if step.is_noop() {
         return ReinitPlan {
             step,
@@ -381,12 +522,31 @@ fn reinit_plan(step: ReinitStep, resource_version: Option<&str>) -> ReinitPlan {
     }
     let mut events = Vec::new();
     let mut count = None;
+    if step.on_failed.as_ref().is_some_and(BTreeSet::is_empty) {
+        events.push(PlannedEvent::new(
+            events::reinit_no_failed_nodes_message(),
+            // One series per resourceVersion: each use of the annotation is told.
+            format!(
+                "ReinitOnFailedNoFailedNodes-{}",
+                resource_version.unwrap_or_default()
+            ),
+        ));
+    }
     if let Some(new) = &step.new {
         let id = new.request.id;
         events.push(PlannedEvent::new(
             events::reinit_requested_message(id, &new.by, &new.request.nodes),
             format!("ReinitRequest-{id}"),
         ));
+        // A re-baseline of a Failed node accepts its findings: say which, so a rule change
+        // cannot launder them unnoticed.
+        let accepted: BTreeSet<String> = new.request.nodes.intersection(failed).cloned().collect();
+        if !accepted.is_empty() {
+            events.push(PlannedEvent::new(
+                events::reinit_accepts_findings_message(id, &accepted),
+                format!("ReinitAcceptsFindings-{id}"),
+            ));
+        }
         if !new.unknown.is_empty() {
             events.push(PlannedEvent::new(
                 events::reinit_unknown_nodes_message(&new.unknown),

@@ -28,6 +28,8 @@ fn settings() -> OperatorConfig {
         namespace: NS.into(),
         agent_image: "ghcr.io/kube-fim/fim-agent:test".into(),
         agent_service_account: "fim-agent".into(),
+        agent_api_server: None,
+        agent_s3: None,
         resync: Duration::from_secs(300),
         retry: Duration::from_secs(1),
         retry_max: Duration::from_secs(300),
@@ -157,6 +159,7 @@ fn observed(fi: FileIntegrity) -> Observed {
         ],
         gone_nodes: BTreeSet::new(),
         announced: BTreeMap::new(),
+        suppressed: BTreeMap::new(),
     }
 }
 
@@ -294,6 +297,25 @@ fn phases_follow_the_agents_reports_and_an_unchanged_status_is_not_written() {
     let p = plan(&o, &settings()).unwrap();
     assert_eq!(p.status, None);
     assert!(p.daemonset.is_some(), "the DaemonSet is applied every time");
+
+    // `containerRemediations` is the containers step's (its own field manager): neither a
+    // reason to write the status nor written with it.
+    let mut fi = (*o.fi).clone();
+    let record: kube_fim_crds::ContainerRemediationRecord = serde_json::from_value(json!({
+        "nodeName": "node-a", "namespace": "team", "pod": "web-1", "podUid": "p1",
+        "container": "web", "image": "web:1", "action": "restart",
+        "message": "Restart pod web-1", "time": "2026-03-31T10:46:19Z",
+    }))
+    .unwrap();
+    fi.status.as_mut().unwrap().container_remediations = vec![record];
+    let mut o = o;
+    o.fi = Arc::new(fi);
+    let p = plan(&o, &settings()).unwrap();
+    assert_eq!(p.status, None);
+    o.node_statuses[1] = node_status("node-b", Some(result("Failed", 0, 1)), None);
+    let p = plan(&o, &settings()).unwrap();
+    let written = serde_json::to_value(&p.status.as_ref().unwrap().status).unwrap();
+    assert!(written.get("containerRemediations").is_none(), "{written}");
 }
 
 #[test]
@@ -533,9 +555,11 @@ fn the_reinit_annotation_becomes_a_request_that_completes_when_acknowledged() {
             .unwrap(),
     )
     .unwrap();
+    // The first id is the observation time in milliseconds: the operator's, not an agent's.
+    let id = u64::try_from(o.now.as_millisecond()).unwrap();
     assert_eq!(
         (recorded.id, &recorded.nodes, recorded.done),
-        (1, &nodes(&["node-a", "node-b"]), false)
+        (id, &nodes(&["node-a", "node-b"]), false)
     );
     assert_eq!(
         p.reinit.count,
@@ -550,8 +574,14 @@ fn the_reinit_annotation_becomes_a_request_that_completes_when_acknowledged() {
     assert_eq!(
         reasons,
         [
-            (events::REINIT_REASON, "ReinitRequest-1"),
-            (events::REINIT_UNKNOWN_REASON, "ReinitUnknownNodes-1")
+            (
+                events::REINIT_REASON,
+                format!("ReinitRequest-{id}").as_str()
+            ),
+            (
+                events::REINIT_UNKNOWN_REASON,
+                format!("ReinitUnknownNodes-{id}").as_str()
+            )
         ]
     );
     // Both nodes re-create their baseline: Initializing despite their old results.
@@ -565,14 +595,14 @@ fn the_reinit_annotation_becomes_a_request_that_completes_when_acknowledged() {
     let mut next = fi(workers(), annotations);
     next.status = status;
     o.fi = Arc::new(next);
-    o.node_statuses[0] = node_status("node-a", Some(result("Succeeded", 0, 0)), Some(1));
+    o.node_statuses[0] = node_status("node-a", Some(result("Succeeded", 0, 0)), Some(id));
     let p = plan(&o, &settings()).unwrap();
     assert_eq!(p.reinit.patch, None);
     assert_eq!(p.reinit.step.pending, nodes(&["node-b"]));
     assert_eq!(p.status.as_ref().unwrap().status.initializing, 1);
 
     // Both acknowledged: done, the user's annotation removed, Active again.
-    o.node_statuses[1] = node_status("node-b", Some(result("Succeeded", 0, 0)), Some(1));
+    o.node_statuses[1] = node_status("node-b", Some(result("Succeeded", 0, 0)), Some(id));
     let p = plan(&o, &settings()).unwrap();
     let patch = p.reinit.patch.as_ref().unwrap();
     assert_eq!(
@@ -588,6 +618,64 @@ fn the_reinit_annotation_becomes_a_request_that_completes_when_acknowledged() {
     assert!(done.done);
     assert!(p.reinit.events.is_empty() && p.reinit.count.is_none());
     assert_eq!(phase_of(&p), FileIntegrityPhase::Active);
+}
+
+#[test]
+fn re_init_on_failed_re_baselines_only_the_failed_node_and_removes_the_annotation() {
+    let hash = config::config_hash(DEFAULT_RULES);
+    let annotations = json!({
+        reinit::CONFIG_HASH_ANNOTATION: hash.as_str(),
+        labels::REINIT_ON_FAILED: "",
+    });
+    let mut o = observed(fi(workers(), annotations));
+    o.daemonset = Some(daemonset(2, 2));
+    o.node_statuses = vec![
+        node_status("node-a", Some(result("Succeeded", 0, 0)), None),
+        node_status("node-b", Some(result("Failed", 0, 1)), None),
+    ];
+    let p = plan(&o, &settings()).unwrap();
+    let annotations = &p.reinit.patch.as_ref().unwrap()["metadata"]["annotations"];
+    assert_eq!(annotations[labels::REINIT_ON_FAILED], Value::Null);
+    let recorded: ReinitRequest =
+        serde_json::from_str(annotations[REQUEST_ANNOTATION].as_str().unwrap()).unwrap();
+    assert_eq!(recorded.nodes, nodes(&["node-b"]));
+    assert_eq!(p.reinit.count, Some((vec!["failed"], nodes(&["node-b"]))));
+    let reasons: Vec<&str> = p.reinit.events.iter().map(|e| e.message.reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            events::REINIT_REASON,
+            events::REINIT_ACCEPTS_FINDINGS_REASON
+        ]
+    );
+    assert!(
+        p.reinit.events[0]
+            .message
+            .message
+            .contains("re-init-on-failed"),
+        "{:?}",
+        p.reinit.events[0]
+    );
+    // Only node-b re-baselines.
+    assert_eq!(p.reinit.step.pending, nodes(&["node-b"]));
+    assert_eq!(p.status.as_ref().unwrap().status.initializing, 1);
+
+    // Nothing Failed: the annotation goes with a Normal event saying so.
+    let mut o = observed(fi(
+        workers(),
+        json!({reinit::CONFIG_HASH_ANNOTATION: hash.as_str(), labels::REINIT_ON_FAILED: ""}),
+    ));
+    o.node_statuses = vec![node_status("node-a", Some(result("Succeeded", 0, 0)), None)];
+    let p = plan(&o, &settings()).unwrap();
+    let annotations = &p.reinit.patch.as_ref().unwrap()["metadata"]["annotations"];
+    assert_eq!(annotations[labels::REINIT_ON_FAILED], Value::Null);
+    assert!(annotations.get(REQUEST_ANNOTATION).is_none());
+    assert_eq!(p.reinit.events.len(), 1);
+    assert_eq!(
+        p.reinit.events[0].message.reason,
+        events::REINIT_NO_FAILED_REASON
+    );
+    assert_eq!(p.reinit.count, None);
 }
 
 #[test]
@@ -737,4 +825,354 @@ fn node_event_actions_tell_results_apart() {
     });
     assert!(max.len() <= 128, "{max}");
     assert_eq!(truncate_action("é".repeat(100)).len(), 128);
+}
+
+#[test]
+fn nodes_are_counted_by_canonical_status_and_missing_ones_are_created() {
+    // Issue 10 item 1. node-a's agent planted `<fi>-node-b` saying node-a (and something under
+    // an arbitrary name): before, both counted as results, node-b looked Succeeded and the
+    // FileIntegrity Active without node-b ever reporting.
+    let hash = config::config_hash(DEFAULT_RULES);
+    let mut o = observed(fi(
+        workers(),
+        json!({reinit::CONFIG_HASH_ANNOTATION: hash.as_str()}),
+    ));
+    o.daemonset = Some(daemonset(2, 2));
+    let planted = |name: &str| {
+        let mut s = (*node_status("node-a", Some(result("Succeeded", 0, 0)), None)).clone();
+        s.metadata.name = Some(name.into());
+        Arc::new(s)
+    };
+    o.node_statuses = vec![
+        node_status("node-a", Some(result("Succeeded", 0, 0)), None),
+        planted("worker-fi-node-b"),
+        planted("junk-1"),
+    ];
+    let p = plan(&o, &settings()).unwrap();
+    let status = &p.status.as_ref().unwrap().status;
+    assert_eq!(
+        (status.nodes, status.succeeded, status.initializing),
+        (2, 1, 1),
+        "node-b has not reported"
+    );
+    assert_eq!(phase_of(&p), FileIntegrityPhase::Initializing);
+    // node-b's objects are the operator's to create (its agent may only update them).
+    let created: Vec<&str> = p.creations.iter().map(|c| c.node.as_str()).collect();
+    assert_eq!(created, ["node-b"]);
+    let c = &p.creations[0];
+    assert_eq!(c.status.metadata.name.as_deref(), Some("worker-fi-node-b"));
+    assert_eq!(c.status.spec.node_name, "node-b");
+    assert_eq!(
+        c.failure_config_map.metadata.name.as_deref(),
+        Some("worker-fi-node-b-failed")
+    );
+
+    // Before the DaemonSet exists nothing is created.
+    let mut o = observed(fi(workers(), json!({"x": "y"})));
+    o.fi = Arc::new(fi(
+        json!({"nodeSelector": {"node-role.kubernetes.io/worker": ""}, "config": {"initialDelay": 3700}}),
+        json!({}),
+    ));
+    assert!(plan(&o, &settings()).unwrap().creations.is_empty());
+}
+
+#[test]
+fn a_node_silent_for_twice_the_grace_period_is_stale() {
+    // Issue 10, item 4: before, a node whose agent stopped reporting kept its last result for
+    // ever, with nothing to alert on.
+    let hash = config::config_hash(DEFAULT_RULES);
+    let spec = json!({"nodeSelector": {"node-role.kubernetes.io/worker": ""}, "config": {"gracePeriod": 60}});
+    let mut o = observed(fi(
+        spec,
+        json!({reinit::CONFIG_HASH_ANNOTATION: hash.as_str()}),
+    ));
+    o.daemonset = Some(daemonset(2, 2));
+    o.node_statuses = vec![
+        node_status("node-a", Some(result("Succeeded", 0, 0)), None),
+        node_status("node-b", Some(result("Errored", 0, 0)), None),
+    ];
+    // Results at 01:00:00; 120 s later both are still fresh, and the plan looks again when
+    // they would turn stale.
+    o.now = "2026-01-01T01:02:00Z".parse().unwrap();
+    let p = plan(&o, &settings()).unwrap();
+    assert_eq!(condition(&p, phase::NODES_STALE).status, "False");
+    assert_eq!(
+        p.node_stale,
+        BTreeMap::from([("node-a".into(), false), ("node-b".into(), false)])
+    );
+    assert_eq!(p.next, Next::After(Duration::from_secs(1)));
+    assert!(p.node_errored["node-b"]);
+    assert!(!p.node_errored["node-a"]);
+
+    // One second later both are stale: condition, gauge.
+    o.now = "2026-01-01T01:02:01Z".parse().unwrap();
+    let p = plan(&o, &settings()).unwrap();
+    let c = condition(&p, phase::NODES_STALE);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "NoRecentResult")
+    );
+    assert!(c.message.contains("node-a, node-b"), "{}", c.message);
+    assert_eq!(
+        p.node_stale,
+        BTreeMap::from([("node-a".into(), true), ("node-b".into(), true)])
+    );
+    assert_eq!(p.next, Next::After(settings().resync));
+
+    // A node re-creating its baseline is initialising, not stale.
+    let s = phase::staleness(
+        &[(*o.node_statuses[0]).clone()],
+        60,
+        &nodes(&["node-a"]),
+        o.now,
+    );
+    assert!(s.stale.is_empty());
+}
+
+#[test]
+fn a_rule_change_names_the_failed_nodes_whose_findings_it_accepts() {
+    // Issue 10, item 8: before, a config change re-baselined a Failed node with only a Normal
+    // "re-init request" event: its findings were laundered into the new baseline unnoticed.
+    let mut o = observed(fi(
+        workers(),
+        json!({reinit::CONFIG_HASH_ANNOTATION: "old-rules"}),
+    ));
+    o.daemonset = Some(daemonset(2, 2));
+    o.node_statuses = vec![
+        node_status("node-a", Some(result("Failed", 1, 2)), None),
+        node_status("node-b", Some(result("Succeeded", 0, 0)), None),
+    ];
+    let p = plan(&o, &settings()).unwrap();
+    assert_eq!(p.reinit.count.as_ref().unwrap().0, ["config"]);
+    let accepted: Vec<&PlannedEvent> = p
+        .reinit
+        .events
+        .iter()
+        .filter(|e| e.message.reason == events::REINIT_ACCEPTS_FINDINGS_REASON)
+        .collect();
+    assert_eq!(accepted.len(), 1, "{:?}", p.reinit.events);
+    assert_eq!(accepted[0].message.type_, EventType::Warning);
+    assert!(accepted[0].message.message.contains("node-a"));
+    assert!(!accepted[0].message.message.contains("node-b"));
+
+    // No Failed node: no such warning.
+    o.node_statuses[0] = node_status("node-a", Some(result("Succeeded", 0, 0)), None);
+    let p = plan(&o, &settings()).unwrap();
+    assert!(
+        p.reinit
+            .events
+            .iter()
+            .all(|e| e.message.reason != events::REINIT_ACCEPTS_FINDINGS_REASON)
+    );
+}
+
+/// A node status carrying `digest` as its baselineDigest.
+fn with_digest(status: Arc<FileIntegrityNodeStatus>, digest: &str) -> Arc<FileIntegrityNodeStatus> {
+    let mut s = (*status).clone();
+    s.spec.baseline_digest = Some(digest.into());
+    Arc::new(s)
+}
+
+#[test]
+fn a_baseline_replaced_without_a_reinit_makes_the_node_errored_with_an_event() {
+    // Issue 10, item 2: before, the operator kept no record of a node's baseline, so root on
+    // the node could replace the database and the digest in its status unnoticed.
+    let hash = config::config_hash(DEFAULT_RULES);
+    let mut o = observed(fi(
+        workers(),
+        json!({reinit::CONFIG_HASH_ANNOTATION: hash.as_str()}),
+    ));
+    o.daemonset = Some(daemonset(2, 2));
+    // The operator creates the objects of nodes without a status: empty anchors await them.
+    let p = plan(&o, &settings()).unwrap();
+    let baselines = &p.status.as_ref().unwrap().status.baselines;
+    assert_eq!(
+        baselines,
+        &[
+            kube_fim_crds::BaselineAnchor::awaiting("node-a"),
+            kube_fim_crds::BaselineAnchor::awaiting("node-b"),
+        ]
+    );
+    // Their first baselines are recorded.
+    let mut o = after(o, &p);
+    o.node_statuses = vec![
+        with_digest(
+            node_status("node-a", Some(result("Succeeded", 0, 0)), None),
+            "d-a",
+        ),
+        with_digest(
+            node_status("node-b", Some(result("Succeeded", 0, 0)), None),
+            "d-b",
+        ),
+    ];
+    let p = plan(&o, &settings()).unwrap();
+    let status = &p.status.as_ref().unwrap().status;
+    assert_eq!(status.baselines[0].digest.as_deref(), Some("d-a"));
+    assert_eq!((status.succeeded, status.errored), (2, 0));
+    assert!(p.anchor_events.is_empty());
+    assert_eq!(condition(&p, phase::BASELINE_REPLACED).status, "False");
+
+    // Node b now reports another database, its own result still Succeeded.
+    let mut o = after(o, &p);
+    o.node_statuses[1] = with_digest(
+        node_status("node-b", Some(result("Succeeded", 0, 0)), None),
+        "forged",
+    );
+    let p = plan(&o, &settings()).unwrap();
+    let status = &p.status.as_ref().unwrap().status;
+    assert_eq!((status.succeeded, status.errored), (1, 1));
+    assert_eq!(status.baselines[1].digest.as_deref(), Some("d-b"));
+    assert_eq!(
+        status.baselines[1].rejected_digest.as_deref(),
+        Some("forged")
+    );
+    let c = condition(&p, phase::BASELINE_REPLACED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "BaselineReplaced")
+    );
+    assert!(c.message.contains("node-b"), "{}", c.message);
+    assert!(p.node_errored["node-b"] && !p.node_errored["node-a"]);
+    assert!(p.baseline_replaced["node-b"] && !p.baseline_replaced["node-a"]);
+    assert_eq!(p.anchor_events.len(), 1);
+    let e = &p.anchor_events[0];
+    assert_eq!(e.message.reason, events::BASELINE_REPLACED_REASON);
+    assert_eq!(e.message.type_, EventType::Warning);
+    assert_eq!(e.node.as_deref(), Some("node-b"));
+    assert!(
+        e.message.message.contains("forged") && e.message.message.contains("d-b"),
+        "{}",
+        e.message.message
+    );
+
+    // Stored: still Errored, no second event.
+    let o = after(o, &p);
+    let p = plan(&o, &settings()).unwrap();
+    assert!(p.baseline_replaced["node-b"]);
+    assert!(p.anchor_events.is_empty());
+
+    // A re-init for node b, acknowledged with a new digest, records it and clears the node.
+    let request = ReinitRequest {
+        id: 7,
+        annotation: Some("node-b".into()),
+        nodes: nodes(&["node-b"]),
+        done: false,
+    };
+    let mut fi = (*o.fi).clone();
+    fi.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(REQUEST_ANNOTATION.into(), request.to_annotation());
+    let mut o = o;
+    o.fi = Arc::new(fi);
+    o.node_statuses[1] = with_digest(
+        node_status("node-b", Some(result("Succeeded", 0, 0)), Some(7)),
+        "d-b2",
+    );
+    let p = plan(&o, &settings()).unwrap();
+    let status = &p.status.as_ref().unwrap().status;
+    assert_eq!((status.succeeded, status.errored), (2, 0));
+    assert_eq!(status.baselines[1].digest.as_deref(), Some("d-b2"));
+    assert_eq!(status.baselines[1].reinit_id, Some(7));
+    assert_eq!(status.baselines[1].rejected_digest, None);
+    assert!(!p.baseline_replaced["node-b"]);
+}
+
+#[test]
+fn a_node_first_seen_with_a_baseline_is_not_adopted() {
+    // No anchor (lost, or the node had a baseline before the operator saw it): nothing is
+    // adopted silently.
+    let hash = config::config_hash(DEFAULT_RULES);
+    let mut o = observed(fi(
+        workers(),
+        json!({reinit::CONFIG_HASH_ANNOTATION: hash.as_str()}),
+    ));
+    o.daemonset = Some(daemonset(2, 2));
+    o.node_statuses = vec![
+        with_digest(
+            node_status("node-a", Some(result("Succeeded", 0, 0)), None),
+            "d-a",
+        ),
+        node_status("node-b", None, None),
+    ];
+    let p = plan(&o, &settings()).unwrap();
+    assert!(p.baseline_replaced["node-a"]);
+    assert!(!p.baseline_replaced["node-b"]);
+    assert!(
+        p.anchor_events[0]
+            .message
+            .message
+            .contains("holds no record"),
+        "{:?}",
+        p.anchor_events
+    );
+}
+
+#[test]
+fn a_suppressed_container_remediation_is_a_condition_for_the_window() {
+    // Issue 14: the backoff's RemediationSuppressed shows on the FileIntegrity, not only in an
+    // event, and clears once the window has passed.
+    let hash = config::config_hash(DEFAULT_RULES);
+    let spec = json!({"nodeSelector": {"node-role.kubernetes.io/worker": ""},
+                      "containers": {"enabled": true, "maxRemediations": 3,
+                                     "remediationWindowSeconds": 600}});
+    let mut o = observed(fi(
+        spec,
+        json!({reinit::CONFIG_HASH_ANNOTATION: hash.as_str()}),
+    ));
+    o.daemonset = Some(daemonset(2, 2));
+    let p = plan(&o, &settings()).unwrap();
+    let c = condition(&p, phase::REMEDIATION_SUPPRESSED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "WithinLimit")
+    );
+
+    let at = o.now.as_second() - 100;
+    o.suppressed = BTreeMap::from([("team/ReplicaSet/web-6d4f".to_owned(), at)]);
+    let p = plan(&o, &settings()).unwrap();
+    let c = condition(&p, phase::REMEDIATION_SUPPRESSED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "TooManyRemediations")
+    );
+    assert_eq!(
+        c.message,
+        "remediation suppressed for team/ReplicaSet/web-6d4f: 3 remediations within 600s already"
+    );
+    // Looked at again when it leaves the window (500 s on), before the 300 s resync anyway.
+    assert_eq!(p.next, Next::After(settings().resync));
+    o.suppressed = BTreeMap::from([(
+        "team/ReplicaSet/web-6d4f".to_owned(),
+        o.now.as_second() - 500,
+    )]);
+    assert_eq!(
+        plan(&o, &settings()).unwrap().next,
+        Next::After(Duration::from_secs(101))
+    );
+
+    o.suppressed = BTreeMap::from([(
+        "team/ReplicaSet/web-6d4f".to_owned(),
+        o.now.as_second() - 600,
+    )]);
+    let p = plan(&o, &settings()).unwrap();
+    assert_eq!(condition(&p, phase::REMEDIATION_SUPPRESSED).status, "False");
+
+    // Without container monitoring there is no such condition.
+    let mut o = observed(fi(
+        workers(),
+        json!({reinit::CONFIG_HASH_ANNOTATION: hash.as_str()}),
+    ));
+    o.daemonset = Some(daemonset(2, 2));
+    o.suppressed = BTreeMap::from([("team/ReplicaSet/web-6d4f".to_owned(), 0)]);
+    let p = plan(&o, &settings()).unwrap();
+    assert!(
+        p.status
+            .as_ref()
+            .unwrap()
+            .status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != phase::REMEDIATION_SUPPRESSED)
+    );
 }

@@ -1,5 +1,7 @@
 //! The HTTP endpoints: `/metrics` (the runtime's registry), `/healthz` (the process serves) and
-//! `/readyz` (healthy in its role, across every registered controller).
+//! `/readyz` (healthy in its role, across every registered controller). `/metrics` needs a
+//! bearer token allowed to `get` it (see `fim_secure_metrics`); the health endpoints answer the
+//! kubelet's probes, which carry no token.
 
 use std::sync::{
     Arc,
@@ -7,6 +9,7 @@ use std::sync::{
 };
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use fim_secure_metrics::Endpoint;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// What `/readyz` reports; written by the runtime and the controllers.
@@ -71,10 +74,10 @@ struct AppState {
     health: Arc<Health>,
 }
 
-/// The router of the three endpoints.
-pub fn router(registry: Registry, health: Arc<Health>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
+/// The router of the three endpoints; `/metrics` protected as `endpoint` says.
+pub fn router(registry: Registry, health: Arc<Health>, endpoint: &Endpoint) -> Router {
+    endpoint
+        .protect(Router::new().route("/metrics", get(metrics)))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, health })

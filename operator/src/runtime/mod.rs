@@ -68,6 +68,8 @@ impl Ready {
 pub struct RuntimeConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub metrics_addr: SocketAddr,
+    /// TLS and authorization of that endpoint.
+    pub metrics: fim_secure_metrics::MetricsArgs,
     /// Namespace of the leader Lease.
     pub namespace: String,
     /// Seconds a leader's Lease stays valid without renewal (at least 2).
@@ -77,6 +79,8 @@ pub struct RuntimeConfig {
 /// Why [`Runtime::run`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error("metrics endpoint: {0}")]
+    MetricsTls(#[from] fim_secure_metrics::TlsError),
     #[error("cannot serve on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -149,6 +153,11 @@ impl Runtime {
                 .collect(),
             ..http::Health::default()
         });
+        let endpoint = fim_secure_metrics::Endpoint::new(
+            &config.metrics,
+            client.clone(),
+            &self_signed_names(&config.namespace),
+        )?;
         let listener = tokio::net::TcpListener::bind(config.metrics_addr)
             .await
             .map_err(|source| RuntimeError::Bind {
@@ -157,12 +166,23 @@ impl Runtime {
             })?;
         let addr = listener.local_addr().unwrap_or(config.metrics_addr);
         tracing::info!(%addr, namespace = %config.namespace, "fim-operator starting");
-        let app = http::router(registry, health.clone());
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let app = http::router(registry, health.clone(), &endpoint);
+        let server = tokio::spawn(endpoint.serve(listener, app));
         let result = lead(client, &config, &health, &leader, controllers, shutdown).await;
         server.abort();
         result
     }
+}
+
+/// Names in the self-signed certificate: the metrics Service (config/manager/service.yaml) and
+/// loopback.
+fn self_signed_names(namespace: &str) -> Vec<String> {
+    vec![
+        format!("fim-operator-metrics.{namespace}.svc"),
+        format!("fim-operator-metrics.{namespace}.svc.cluster.local"),
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ]
 }
 
 /// Stands by for the Lease, then runs the controllers while leading.
@@ -265,6 +285,7 @@ mod tests {
             client,
             RuntimeConfig {
                 metrics_addr: "127.0.0.1:0".parse().unwrap(),
+                metrics: Default::default(),
                 namespace: "kube-fim".into(),
                 lease_seconds: 15,
             },

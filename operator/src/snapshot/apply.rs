@@ -94,14 +94,14 @@ pub async fn apply(
             }
             Step::Upload { key, data } => match bucket {
                 Some(Ok(b)) => match b.ensure().await {
-                    Ok(()) => b.put(&key, data).await,
-                    Err(e) => Err(e),
+                    Ok(()) => b.put(&key, data).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
                 },
                 Some(Err(e)) => Err(e.clone()),
                 None => Err("no S3 storage configured".into()),
             },
             Step::Delete { key } => match bucket {
-                Some(Ok(b)) => b.delete(&key).await,
+                Some(Ok(b)) => b.delete(&key).await.map_err(|e| e.to_string()),
                 Some(Err(e)) => Err(e.clone()),
                 None => Ok(()),
             },

@@ -10,7 +10,7 @@ use kube_fim_crds::labels::SNAPSHOT_FINALIZER;
 
 use super::Context;
 use super::plan::{Claim, Data, Observed, object_key};
-use super::storage::{Bucket, Credentials, credentials_from_secret};
+use super::storage::{Bucket, Credentials};
 
 fn created(s: &Snapshot) -> i64 {
     s.metadata
@@ -38,7 +38,7 @@ pub async fn bucket(ctx: &Context) -> Option<Result<Bucket, String>> {
                         .into_iter()
                         .map(|(k, v)| (k, v.0))
                         .collect();
-                    credentials_from_secret(&data).ok_or_else(|| {
+                    Credentials::from_secret_data(&data).ok_or_else(|| {
                         format!(
                             "Secret {}/{name} lacks accessKey and secretKey",
                             ctx.namespace
@@ -62,7 +62,15 @@ pub async fn bucket(ctx: &Context) -> Option<Result<Bucket, String>> {
             _ => Err("no S3 credentials: set --s3-credentials-secret or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into()),
         },
     };
-    Some(credentials.map(|c| Bucket::new(endpoint, &ctx.storage.region, &ctx.storage.bucket, &c)))
+    Some(credentials.map(|c| {
+        Bucket::new(
+            endpoint,
+            &ctx.storage.region,
+            &ctx.storage.bucket,
+            &c,
+            "fim-operator",
+        )
+    }))
 }
 
 pub async fn observe(
@@ -88,7 +96,7 @@ pub async fn observe(
             Some(Ok(b)) => match b.get(&source.key).await {
                 Ok(Some(bytes)) => Data::Bytes(bytes),
                 Ok(None) => Data::SourceMissing,
-                Err(e) => Data::SourceUnreachable(e),
+                Err(e) => Data::SourceUnreachable(e.to_string()),
             },
         },
     };
