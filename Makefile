@@ -32,6 +32,7 @@ unit: tools ## Fast: every test that needs no cluster (unit, integration, AIDE d
 
 .PHONY: tools
 tools: ## Install what the tests, linters and benchmarks use (AIDE, Prometheus/promtool, shellcheck, hadolint)
+	@hack/prune-cache.sh
 	@hack/ensure-tools.sh
 	@e2e/scripts/ensure-prometheus.sh >/dev/null
 
